@@ -1,1 +1,26 @@
+//! weir: an API gateway and traffic-governance proxy.
+//!
+//! Module map (and dependency rules, enforced in review):
+//! - `router`: compiled route table and per-route settings; sans-io (no tokio, no hyper I/O).
+//! - `upstream`: targets, load balancing, connection pools; knows nothing about `proxy`.
+//! - `observe`: metrics (all declared in `observe/metrics.rs`) and the access log.
+//! - `proxy`: the request pipeline; the only module that drives hyper bodies
+//!   and stitches the others together.
+//! - `snapshot` / `state`: the compiled config and the process-wide handle to it.
+//! - `server`: listeners, accept loops, graceful shutdown. `admin`: the operator API.
+//! - `cli`: the command line; the only place that uses `anyhow`.
+//!
+//! The configuration contract itself lives in the `weir-config` crate.
 
+pub mod admin;
+pub mod cli;
+pub mod observe;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod state;
+pub mod upstream;
+
+pub use server::Gateway;
+pub use weir_config as config;

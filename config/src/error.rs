@@ -40,7 +40,11 @@ impl ConfigErrors {
     pub fn single(file: Option<String>, message: impl Into<String>) -> Self {
         ConfigErrors {
             file,
-            errors: vec![ConfigError { path: String::new(), line: None, message: message.into() }],
+            errors: vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: message.into(),
+            }],
         }
     }
 }

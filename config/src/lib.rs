@@ -32,6 +32,7 @@ pub use listener::{Listener, ListenerProtocol};
 pub use route::{DirectResponse, HeaderOps, Rewrite, Route, RouteMatch, Timeouts};
 pub use units::{ByteSize, Duration, UnitError};
 pub use upstream::{HashOn, Keepalive, LoadBalancing, Target, Upstream, UpstreamProtocol};
+pub use validate::parse_target_address;
 
 /// A whole weir configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]

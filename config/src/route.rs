@@ -106,7 +106,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: default_connect(), request: default_request() }
+        Timeouts {
+            connect: default_connect(),
+            request: default_request(),
+        }
     }
 }
 

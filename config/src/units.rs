@@ -51,7 +51,9 @@ impl FromStr for Duration {
             return Ok(Duration(StdDuration::ZERO));
         }
         if text.is_empty() {
-            return Err(UnitError("empty duration (expected e.g. \"250ms\", \"5s\", \"1m\")".into()));
+            return Err(UnitError(
+                "empty duration (expected e.g. \"250ms\", \"5s\", \"1m\")".into(),
+            ));
         }
         let bad = || {
             UnitError(format!(
@@ -174,7 +176,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (size, unit) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-            if b >= size && b % size == 0 {
+            if b >= size && b.is_multiple_of(size) {
                 return write!(f, "{}{}", b / size, unit);
             }
         }
@@ -210,13 +212,22 @@ mod tests {
 
     #[test]
     fn parses_durations() {
-        assert_eq!("250ms".parse::<Duration>().unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            "250ms".parse::<Duration>().unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!("5s".parse::<Duration>().unwrap(), Duration::from_secs(5));
-        assert_eq!("1m30s".parse::<Duration>().unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            "1m30s".parse::<Duration>().unwrap(),
+            Duration::from_secs(90)
+        );
         assert_eq!("2h".parse::<Duration>().unwrap(), Duration::from_secs(7200));
         assert_eq!("0".parse::<Duration>().unwrap(), Duration::from_secs(0));
         for bad in ["", "5", "s", "5x", "-1s", "1.5s", "99999999999999999999h"] {
-            assert!(bad.parse::<Duration>().is_err(), "{bad:?} should be rejected");
+            assert!(
+                bad.parse::<Duration>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
@@ -236,7 +247,10 @@ mod tests {
         assert_eq!("100KB".parse::<ByteSize>().unwrap(), ByteSize(100_000));
         assert_eq!("512".parse::<ByteSize>().unwrap(), ByteSize(512));
         for bad in ["", "KiB", "10XB", "-1", "99999999999999GiB"] {
-            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} should be rejected");
+            assert!(
+                bad.parse::<ByteSize>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert_eq!(ByteSize(65536).to_string(), "64KiB");
     }

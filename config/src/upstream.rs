@@ -143,7 +143,10 @@ pub struct Keepalive {
 
 impl Default for Keepalive {
     fn default() -> Self {
-        Keepalive { max_idle: default_max_idle(), idle_timeout: default_idle_timeout() }
+        Keepalive {
+            max_idle: default_max_idle(),
+            idle_timeout: default_idle_timeout(),
+        }
     }
 }
 

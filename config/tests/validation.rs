@@ -1,0 +1,985 @@
+//! Behaviour of `Config::from_yaml`: the documented example parses, and every
+//! validation rule reports the right YAML path, line and reason.
+
+use weir_config::{Config, ConfigError, ConfigErrors, LoadBalancing};
+
+const FULL_EXAMPLE: &str = r#"runtime:
+  threads: 2
+  shutdown_grace: 10s
+listeners:
+  - name: public
+    address: 0.0.0.0:8080
+    protocols: [http1, h2c]
+admin:
+  address: 127.0.0.1:9901
+access_log:
+  enabled: true
+routes:
+  - name: api
+    match:
+      host: api.example.com
+      path_prefix: /api/
+      methods: [GET, POST]
+      headers: { x-env: canary }
+      query: { version: "2" }
+    upstream: api
+    rewrite: { path_prefix: /v2/ }
+    timeouts: { connect: 1s, request: 30s }
+    request_headers:  { set: {}, add: {}, remove: [] }
+    response_headers: { set: {}, add: {}, remove: [] }
+  - name: hello
+    match: { path: /hello }
+    direct_response: { status: 200, body: "hello from weir\n", headers: { content-type: text/plain } }
+upstreams:
+  - name: api
+    targets:
+      - address: 127.0.0.1:9000
+        weight: 1
+    load_balancing: consistent_hash
+    hash_on: header:x-user-id
+    protocol: http1
+    keepalive: { max_idle: 128, idle_timeout: 60s }
+"#;
+
+/// One listener on line 1, so that the rest of each test document starts on line 2.
+const LISTENER: &str = "listeners: [{ name: web, address: 127.0.0.1:8080 }]\n";
+
+fn errors(yaml: &str) -> Vec<ConfigError> {
+    match Config::from_yaml(yaml) {
+        Ok(_) => panic!("expected errors for:\n{yaml}"),
+        Err(e) => {
+            assert!(!e.errors.is_empty(), "ConfigErrors must never be empty");
+            e.errors
+        }
+    }
+}
+
+/// Asserts exactly these errors, in this order: (path, line, phrase in the message).
+#[track_caller]
+fn expect(yaml: &str, expected: &[(&str, u64, &str)]) {
+    let got = errors(yaml);
+    let summary: Vec<String> = got.iter().map(ToString::to_string).collect();
+    assert_eq!(got.len(), expected.len(), "got {summary:#?}");
+    for (e, &(path, line, phrase)) in got.iter().zip(expected) {
+        assert_eq!(e.path, path, "got {summary:#?}");
+        assert_eq!(
+            e.line,
+            Some(line),
+            "wrong line for {path}; got {summary:#?}"
+        );
+        assert!(
+            e.message.contains(phrase),
+            "{:?} should contain {phrase:?}",
+            e.message
+        );
+    }
+}
+
+/// `LISTENER` followed by `rest`.
+fn with_listener(rest: &str) -> String {
+    format!("{LISTENER}{rest}")
+}
+
+#[track_caller]
+fn valid(yaml: &str) -> Config {
+    match Config::from_yaml(yaml) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got {e}"),
+    }
+}
+
+#[test]
+fn full_example_parses() {
+    let config = valid(FULL_EXAMPLE);
+    assert_eq!(config.runtime.threads, Some(2));
+    assert_eq!(config.listeners[0].address, "0.0.0.0:8080");
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(config.routes[0].matches.headers["x-env"], "canary");
+    assert_eq!(
+        config.routes[1].direct_response.as_ref().map(|d| d.status),
+        Some(200)
+    );
+    let api = config.upstream("api").expect("upstream api");
+    assert_eq!(api.load_balancing, LoadBalancing::ConsistentHash);
+    assert_eq!(
+        weir_config::parse_target_address(&api.targets[0].address),
+        Ok(("127.0.0.1".into(), 9000))
+    );
+}
+
+// ---- listeners, admin, runtime, access log ----
+
+#[test]
+fn listeners_are_required() {
+    expect(
+        "listeners: []\n",
+        &[("listeners", 1, "at least one listener")],
+    );
+}
+
+#[test]
+fn listener_names_are_non_empty_and_unique() {
+    expect(
+        r#"listeners:
+  - name: web
+    address: 127.0.0.1:8080
+  - name: ""
+    address: 127.0.0.1:8081
+  - name: web
+    address: 127.0.0.1:8082
+"#,
+        &[
+            ("listeners[1].name", 4, "must not be empty"),
+            ("listeners[2].name", 6, "duplicate listener name \"web\""),
+        ],
+    );
+}
+
+#[test]
+fn listener_addresses_are_socket_addresses_and_distinct() {
+    expect(
+        r#"listeners:
+  - name: a
+    address: localhost:8080
+  - name: b
+    address: "[::1]:8080"
+  - name: c
+    address: "[0:0::1]:8080"
+  - name: d
+    address: 127.0.0.1
+"#,
+        &[
+            ("listeners[0].address", 3, "expected ip:port"),
+            ("listeners[2].address", 7, "already used by listeners[1]"),
+            ("listeners[3].address", 9, "expected ip:port"),
+        ],
+    );
+}
+
+#[test]
+fn listener_protocols_are_non_empty_and_distinct() {
+    expect(
+        r#"listeners:
+  - name: a
+    address: 127.0.0.1:8080
+    protocols: []
+  - name: b
+    address: 127.0.0.1:8081
+    protocols:
+      - h2c
+      - http1
+      - h2c
+"#,
+        &[
+            ("listeners[0].protocols", 4, "at least one protocol"),
+            ("listeners[1].protocols[2]", 10, "duplicate protocol h2c"),
+        ],
+    );
+}
+
+#[test]
+fn admin_address_is_valid_and_not_a_listener_address() {
+    expect(
+        &with_listener("admin:\n  address: 127.0.0.1:8080\n"),
+        &[("admin.address", 3, "already used by listeners[0]")],
+    );
+    expect(
+        &with_listener("admin: { address: \"9901\" }\n"),
+        &[("admin.address", 2, "expected ip:port")],
+    );
+}
+
+#[test]
+fn runtime_threads_are_bounded() {
+    expect(
+        &with_listener("runtime:\n  threads: 0\n"),
+        &[("runtime.threads", 3, "between 1 and 1024")],
+    );
+    expect(
+        &with_listener("runtime: { threads: 1025 }\n"),
+        &[("runtime.threads", 2, "between 1 and 1024")],
+    );
+    valid(&with_listener(
+        "runtime: { threads: 1024, shutdown_grace: 0 }\n",
+    ));
+}
+
+#[test]
+fn access_log_path_is_not_empty() {
+    expect(
+        &with_listener("access_log:\n  enabled: true\n  path: \"\"\n"),
+        &[("access_log.path", 4, "must not be empty")],
+    );
+    valid(&with_listener(
+        "access_log: { enabled: true, path: /var/log/weir.log }\n",
+    ));
+}
+
+// ---- routes ----
+
+#[test]
+fn route_names_are_non_empty_and_unique() {
+    expect(
+        &with_listener(
+            r#"routes:
+  - name: ""
+    direct_response: { status: 200 }
+  - name: a
+    direct_response: { status: 200 }
+  - name: a
+    direct_response: { status: 200 }
+"#,
+        ),
+        &[
+            ("routes[0].name", 3, "must not be empty"),
+            (
+                "routes[2].name",
+                7,
+                "duplicate route name \"a\" (already used by routes[1])",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn route_needs_exactly_one_action() {
+    expect(
+        &with_listener(
+            r#"upstreams: [{ name: api, targets: [{ address: 127.0.0.1:9000 }] }]
+routes:
+  - name: nothing
+  - name: both
+    upstream: api
+    direct_response: { status: 200 }
+"#,
+        ),
+        &[
+            (
+                "routes[0]",
+                4,
+                "needs either `upstream` or `direct_response`",
+            ),
+            ("routes[1].direct_response", 7, "mutually exclusive"),
+        ],
+    );
+}
+
+#[test]
+fn route_upstream_must_exist() {
+    let yaml = with_listener(
+        r#"upstreams: [{ name: api, targets: [{ address: 127.0.0.1:9000 }] }]
+routes:
+  - name: a
+    upstream: apii
+  - name: b
+    upstream: payments
+"#,
+    );
+    expect(
+        &yaml,
+        &[
+            ("routes[0].upstream", 5, "did you mean \"api\"?"),
+            ("routes[1].upstream", 7, "no upstream named \"payments\""),
+        ],
+    );
+    let errs = errors(&yaml);
+    assert_eq!(
+        errs[0].message,
+        "no upstream named \"apii\" (did you mean \"api\"?)"
+    );
+    assert!(!errs[1].message.contains("did you mean"));
+}
+
+#[test]
+fn unused_upstreams_are_fine() {
+    valid(&with_listener(
+        "upstreams: [{ name: idle, targets: [{ address: 10.0.0.1:80 }] }]\n",
+    ));
+}
+
+#[test]
+fn path_matchers_are_exclusive_and_well_formed() {
+    expect(
+        &with_listener(
+            r#"routes:
+  - name: a
+    match:
+      path: /a
+      path_prefix: /b
+      path_regex: /c
+    direct_response: { status: 200 }
+  - name: b
+    match: { path: nope }
+    direct_response: { status: 200 }
+  - name: c
+    match: { path_prefix: api/ }
+    direct_response: { status: 200 }
+"#,
+        ),
+        &[
+            (
+                "routes[0].match.path_prefix",
+                6,
+                "conflicts with `match.path`",
+            ),
+            (
+                "routes[0].match.path_regex",
+                7,
+                "conflicts with `match.path`",
+            ),
+            ("routes[1].match.path", 10, "must start with `/`"),
+            ("routes[2].match.path_prefix", 13, "must start with `/`"),
+        ],
+    );
+}
+
+#[test]
+fn path_regex_must_compile() {
+    let yaml = with_listener("routes:\n  - name: a\n    match:\n      path_regex: \"/users/(\\\\d+\"\n    direct_response: { status: 200 }\n");
+    expect(
+        &yaml,
+        &[(
+            "routes[0].match.path_regex",
+            5,
+            "invalid regex: unclosed group",
+        )],
+    );
+    valid(&with_listener("routes: [{ name: a, match: { path_regex: '^/users/\\d+$' }, direct_response: { status: 200 } }]\n"));
+}
+
+#[test]
+fn hosts_are_names_or_leading_wildcards() {
+    expect(
+        &with_listener(
+            r#"routes:
+  - { name: a, match: { host: "*.example.com" }, direct_response: { status: 200 } }
+  - { name: b, match: { host: "api.*.com" }, direct_response: { status: 200 } }
+  - { name: c, match: { host: "api.example.com:8080" }, direct_response: { status: 200 } }
+  - { name: d, match: { host: "api_v2.example.com" }, direct_response: { status: 200 } }
+  - { name: e, match: { host: "api..com" }, direct_response: { status: 200 } }
+  - { name: f, match: { host: "*" }, direct_response: { status: 200 } }
+"#,
+        ),
+        &[
+            (
+                "routes[1].match.host",
+                4,
+                "wildcard is only allowed as a leading `*.`",
+            ),
+            ("routes[2].match.host", 5, "must not include a port"),
+            ("routes[3].match.host", 6, "invalid character '_'"),
+            ("routes[4].match.host", 7, "empty label"),
+            ("routes[5].match.host", 8, "wildcard is only allowed"),
+        ],
+    );
+}
+
+#[test]
+fn methods_are_distinct_tokens() {
+    expect(
+        &with_listener(
+            r#"routes:
+  - name: a
+    match: { methods: [] }
+    direct_response: { status: 200 }
+  - name: b
+    match:
+      methods:
+        - GET
+        - "BAD METHOD"
+        - GET
+        - post
+        - PURGE
+    direct_response: { status: 200 }
+"#,
+        ),
+        &[
+            ("routes[0].match.methods", 4, "must not be empty"),
+            (
+                "routes[1].match.methods[1]",
+                10,
+                "invalid method \"BAD METHOD\"",
+            ),
+            ("routes[1].match.methods[2]", 11, "duplicate method \"GET\""),
+            ("routes[1].match.methods[3]", 12, "did you mean POST?"),
+        ],
+    );
+}
+
+#[test]
+fn match_headers_and_query_are_well_formed() {
+    expect(
+        &with_listener(
+            r#"routes:
+  - name: a
+    match:
+      headers:
+        "x bad": v
+        x-ok: "line\nbreak"
+        x-fine: "tab\tand spaces"
+      query: { "": x, ok: "" }
+    direct_response: { status: 200 }
+"#,
+        ),
+        &[
+            (
+                "routes[0].match.headers.x bad",
+                6,
+                "invalid header name \"x bad\"",
+            ),
+            (
+                "routes[0].match.headers.x-ok",
+                7,
+                "cannot contain line breaks",
+            ),
+            ("routes[0].match.query", 9, "names must not be empty"),
+        ],
+    );
+}
+
+#[test]
+fn header_ops_are_well_formed() {
+    expect(
+        &with_listener(
+            r#"upstreams: [{ name: api, targets: [{ address: 127.0.0.1:9000 }] }]
+routes:
+  - name: a
+    upstream: api
+    request_headers:
+      set:
+        x-foo: "caf\u00e9"
+        "x:y": v
+      add:
+        x-trace: "1"
+      remove: [x-internal, "bad name"]
+    response_headers:
+      set: { x-served-by: weir }
+"#,
+        ),
+        &[
+            ("routes[0].request_headers.set.x-foo", 8, "visible ASCII"),
+            (
+                "routes[0].request_headers.set.x:y",
+                9,
+                "invalid header name",
+            ),
+            (
+                "routes[0].request_headers.remove[1]",
+                12,
+                "invalid header name \"bad name\"",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn header_ops_cannot_touch_managed_headers() {
+    expect(
+        &with_listener(
+            r#"upstreams: [{ name: api, targets: [{ address: 127.0.0.1:9000 }] }]
+routes:
+  - name: a
+    upstream: api
+    request_headers:
+      set: { host: example.com, Connection: close }
+      add: { te: trailers }
+      remove: [connection]
+    response_headers:
+      add:
+        content-length: "0"
+        transfer-encoding: chunked
+        upgrade: h2c
+        keep-alive: "5"
+        trailer: x
+        proxy-connection: close
+"#,
+        ),
+        &[
+            // Same line: in the order written, not the model's sorted order.
+            (
+                "routes[0].request_headers.set.host",
+                7,
+                "cannot set `host`: weir sets it",
+            ),
+            (
+                "routes[0].request_headers.set.Connection",
+                7,
+                "cannot set `Connection`: it is a hop-by-hop header",
+            ),
+            ("routes[0].request_headers.add.te", 8, "cannot add `te`"),
+            (
+                "routes[0].response_headers.add.content-length",
+                12,
+                "weir computes it from the body",
+            ),
+            (
+                "routes[0].response_headers.add.transfer-encoding",
+                13,
+                "hop-by-hop",
+            ),
+            ("routes[0].response_headers.add.upgrade", 14, "hop-by-hop"),
+            (
+                "routes[0].response_headers.add.keep-alive",
+                15,
+                "hop-by-hop",
+            ),
+            ("routes[0].response_headers.add.trailer", 16, "hop-by-hop"),
+            (
+                "routes[0].response_headers.add.proxy-connection",
+                17,
+                "hop-by-hop",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn direct_response_is_checked() {
+    expect(
+        &with_listener(
+            r#"routes:
+  - name: a
+    direct_response:
+      status: 101
+  - name: b
+    direct_response: { status: 600 }
+  - name: c
+    direct_response:
+      status: 204
+      headers:
+        content-length: "10"
+        "bad header": x
+        x-ok: "new\nline"
+"#,
+        ),
+        &[
+            (
+                "routes[0].direct_response.status",
+                5,
+                "1xx cannot be a final response",
+            ),
+            ("routes[1].direct_response.status", 7, "between 200 and 599"),
+            (
+                "routes[2].direct_response.headers.content-length",
+                12,
+                "cannot set `content-length`",
+            ),
+            (
+                "routes[2].direct_response.headers.bad header",
+                13,
+                "invalid header name",
+            ),
+            ("routes[2].direct_response.headers.x-ok", 14, "line breaks"),
+        ],
+    );
+}
+
+#[test]
+fn rewrite_needs_a_prefix_match_and_a_forward() {
+    expect(
+        &with_listener(
+            r#"upstreams: [{ name: api, targets: [{ address: 127.0.0.1:9000 }] }]
+routes:
+  - name: a
+    match: { path: /exact }
+    upstream: api
+    rewrite: { path_prefix: /v2/ }
+  - name: b
+    match: { path_prefix: /api/ }
+    upstream: api
+    rewrite:
+      path_prefix: v2/
+  - name: c
+    match: { path_prefix: /x/ }
+    direct_response: { status: 200 }
+    rewrite: { path_prefix: /y/ }
+"#,
+        ),
+        &[
+            ("routes[0].rewrite", 7, "requires `match.path_prefix`"),
+            ("routes[1].rewrite.path_prefix", 12, "must start with `/`"),
+            (
+                "routes[2].rewrite",
+                16,
+                "cannot be combined with `direct_response`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn connect_timeout_is_positive() {
+    expect(
+        &with_listener("routes:\n  - name: a\n    direct_response: { status: 200 }\n    timeouts:\n      connect: 0s\n      request: 0s\n"),
+        &[("routes[0].timeouts.connect", 6, "greater than 0")],
+    );
+}
+
+// ---- upstreams ----
+
+#[test]
+fn upstream_names_and_targets() {
+    expect(
+        &with_listener(
+            r#"upstreams:
+  - name: ""
+    targets: [{ address: 10.0.0.1:80 }]
+  - name: a
+    targets: []
+  - name: a
+    targets: [{ address: 10.0.0.2:80 }]
+"#,
+        ),
+        &[
+            ("upstreams[0].name", 3, "must not be empty"),
+            ("upstreams[1].targets", 6, "at least one target"),
+            ("upstreams[2].name", 7, "duplicate upstream name \"a\""),
+        ],
+    );
+}
+
+#[test]
+fn target_addresses_are_host_port() {
+    expect(
+        &with_listener(
+            r#"upstreams:
+  - name: a
+    targets:
+      - address: 10.0.0.1
+      - address: 10.0.0.1:0
+      - address: "::1:80"
+      - address: backend.internal:8080
+      - address: "[::1]:8080"
+      - address: BACKEND.internal:8080
+      - address: 300.1.1.1:80
+      - address: "bad host:80"
+      - address: "[0::1]:8080"
+"#,
+        ),
+        &[
+            ("upstreams[0].targets[0].address", 5, "missing port"),
+            ("upstreams[0].targets[1].address", 6, "from 1 to 65535"),
+            ("upstreams[0].targets[2].address", 7, "must be in brackets"),
+            (
+                "upstreams[0].targets[5].address",
+                10,
+                "duplicate target \"BACKEND.internal:8080\" (already listed as targets[3])",
+            ),
+            (
+                "upstreams[0].targets[6].address",
+                11,
+                "not a valid IPv4 address",
+            ),
+            (
+                "upstreams[0].targets[7].address",
+                12,
+                "invalid character ' '",
+            ),
+            (
+                "upstreams[0].targets[8].address",
+                13,
+                "already listed as targets[4]",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn target_weights_are_bounded() {
+    expect(
+        &with_listener(
+            r#"upstreams:
+  - name: a
+    targets:
+      - { address: 10.0.0.1:80, weight: 0 }
+      - { address: 10.0.0.2:80, weight: 10000 }
+      - address: 10.0.0.3:80
+        weight: 10001
+"#,
+        ),
+        &[
+            ("upstreams[0].targets[0].weight", 5, "between 1 and 10000"),
+            ("upstreams[0].targets[2].weight", 8, "got 10001"),
+        ],
+    );
+}
+
+#[test]
+fn hash_on_goes_with_consistent_hash() {
+    expect(
+        &with_listener(
+            r#"upstreams:
+  - name: a
+    targets: [{ address: 10.0.0.1:80 }]
+    load_balancing: consistent_hash
+  - name: b
+    targets: [{ address: 10.0.0.1:80 }]
+    hash_on: client_ip
+  - name: c
+    targets: [{ address: 10.0.0.1:80 }]
+    load_balancing: consistent_hash
+    hash_on: "cookie:bad name"
+  - name: d
+    targets: [{ address: 10.0.0.1:80 }]
+    load_balancing: consistent_hash
+    hash_on: path
+"#,
+        ),
+        &[
+            ("upstreams[0].load_balancing", 5, "requires `hash_on`"),
+            (
+                "upstreams[1].hash_on",
+                8,
+                "hash_on only applies to load_balancing: consistent_hash",
+            ),
+            ("upstreams[2].hash_on", 12, "invalid name \"bad name\""),
+        ],
+    );
+}
+
+#[test]
+fn keepalive_needs_an_idle_timeout() {
+    expect(
+        &with_listener(
+            r#"upstreams:
+  - name: a
+    targets: [{ address: 10.0.0.1:80 }]
+    keepalive: { idle_timeout: 0s }
+  - name: b
+    targets: [{ address: 10.0.0.1:80 }]
+    keepalive: { max_idle: 0, idle_timeout: 0s }
+"#,
+        ),
+        &[(
+            "upstreams[0].keepalive.idle_timeout",
+            5,
+            "greater than 0 when max_idle > 0",
+        )],
+    );
+}
+
+// ---- several errors, order, parse errors ----
+
+#[test]
+fn reports_every_error_in_document_order() {
+    // Upstreams come before routes in the file, so their errors come first.
+    let yaml = r#"runtime:
+  threads: 0
+upstreams:
+  - name: api
+    targets:
+      - address: 10.0.0.1
+listeners:
+  - name: web
+    address: 127.0.0.1:8080
+routes:
+  - name: a
+    upstream: apj
+  - name: b
+    match: { path_regex: "(" }
+    direct_response: { status: 99 }
+"#;
+    expect(
+        yaml,
+        &[
+            ("runtime.threads", 2, "between 1 and 1024"),
+            ("upstreams[0].targets[0].address", 6, "missing port"),
+            ("routes[0].upstream", 12, "did you mean \"api\"?"),
+            ("routes[1].match.path_regex", 14, "invalid regex"),
+            (
+                "routes[1].direct_response.status",
+                15,
+                "between 200 and 599",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_line() {
+    let yaml = with_listener(
+        "routes:\n  - name: a\n    direct_response: { status: 200 }\n    upstream_name: api\n",
+    );
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, Some(5));
+    assert!(
+        errs[0].message.contains("unknown field `upstream_name`"),
+        "{}",
+        errs[0].message
+    );
+    assert!(!errs[0].message.contains('\n'));
+
+    let errs = errors("listeners: []\nlistenerz: []\n");
+    assert_eq!(errs[0].line, Some(2));
+    assert!(errs[0].message.contains("unknown field `listenerz`"));
+}
+
+#[test]
+fn bad_durations_are_rejected_with_their_line() {
+    let yaml = with_listener("routes:\n  - name: a\n    direct_response: { status: 200 }\n    timeouts:\n      connect: \"5x\"\n");
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, Some(6));
+    assert!(
+        errs[0].message.contains("invalid duration \"5x\""),
+        "{}",
+        errs[0].message
+    );
+}
+
+#[test]
+fn type_errors_are_rejected_with_their_line() {
+    let errs = errors(&with_listener(
+        "routes:\n  - name: a\n    direct_response: { status: ok }\n",
+    ));
+    assert_eq!(errs[0].line, Some(4));
+    assert!(
+        errs[0].message.contains("whole number"),
+        "{}",
+        errs[0].message
+    );
+
+    let errs = errors(&with_listener("upstreams:\n  - name: a\n    targets: [{ address: 10.0.0.1:80 }]\n    load_balancing: fastest\n"));
+    assert_eq!(errs[0].line, Some(5));
+    assert!(
+        errs[0].message.contains("unknown variant `fastest`"),
+        "{}",
+        errs[0].message
+    );
+
+    let errs = errors("listeners:\n  - address: 127.0.0.1:80\n");
+    assert_eq!(errs[0].line, Some(2));
+    assert!(errs[0].message.contains("missing field `name`"));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let deep_flow = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_block: String = (0..5_000)
+        .map(|i| format!("{}- \n", "  ".repeat(i)))
+        .collect();
+    let deep_in_key = format!("listeners: {}1{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let binary: String = (0u8..=255).map(char::from).collect();
+    let big = "x".repeat(1 << 20);
+    let big_value =
+        format!("{LISTENER}routes: [{{ name: a, timeouts: {{ connect: \"{big}\" }} }}]\n");
+    let inputs = [
+        String::new(),
+        "[]".into(),
+        ":::".into(),
+        "~".into(),
+        "\u{0}\u{1}\u{2}".into(),
+        "listeners: [".into(),
+        "a: &x [*x]".into(),
+        "--- 1\n--- 2\n".into(),
+        "\t\tlisteners:\n".into(),
+        deep_flow,
+        deep_block,
+        deep_in_key,
+        binary,
+        big.clone(),
+        big_value,
+    ];
+    for input in &inputs {
+        let result = std::panic::catch_unwind(|| Config::from_yaml(input));
+        let shown: String = input.chars().take(40).collect();
+        match result {
+            Ok(Err(e)) => {
+                assert!(!e.errors.is_empty());
+                for err in &e.errors {
+                    assert!(err.message.len() < 1_000, "message too long for {shown:?}");
+                }
+            }
+            Ok(Ok(_)) => panic!("{shown:?} should not be a valid config"),
+            Err(_) => panic!("panicked on {shown:?}"),
+        }
+    }
+}
+
+#[test]
+fn long_values_are_shortened_in_messages() {
+    let long = "x".repeat(1 << 20);
+    let yaml = with_listener(&format!(
+        "routes: [{{ name: a, match: {{ path: \"{long}\" }}, upstream: \"{long}\" }}]\n"
+    ));
+    let errs = errors(&yaml);
+    assert_eq!(errs.len(), 2);
+    for e in &errs {
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.len() < 200, "{}", e.message);
+        assert!(e.message.contains("\"..."), "{}", e.message);
+    }
+}
+
+#[test]
+fn aliased_nodes_point_at_their_use() {
+    expect(
+        &with_listener(
+            r#"upstreams:
+  - name: a
+    targets: &shared
+      - address: nope
+  - name: b
+    targets: *shared
+"#,
+        ),
+        &[
+            ("upstreams[0].targets[0].address", 5, "missing port"),
+            ("upstreams[1].targets[0].address", 7, "missing port"),
+        ],
+    );
+}
+
+#[test]
+fn unreadable_files_are_errors() {
+    let dir = std::env::temp_dir().join(format!("weir-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("binary.yaml");
+    std::fs::write(&path, [0xff, 0xfe, 0x00, 0x80]).expect("write");
+    let err = Config::load(&path).expect_err("invalid UTF-8");
+    assert_eq!(
+        err.file.as_deref(),
+        Some(path.display().to_string().as_str())
+    );
+    assert!(err.errors[0].message.starts_with("cannot read"));
+
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, "listeners: []\n").expect("write");
+    let err = Config::load(&path).expect_err("no listener");
+    assert!(err.to_string().contains(&format!(
+        "{}:1: listeners: at least one listener",
+        path.display()
+    )));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn display_lists_every_error() {
+    let err = Config::from_yaml("listeners: []\nroutes:\n  - name: a\n    upstream: api\n")
+        .expect_err("invalid");
+    assert_eq!(
+        err.to_string(),
+        "2 errors in configuration:\n\
+         \x20 config:1: listeners: at least one listener is required\n\
+         \x20 config:4: routes[0].upstream: no upstream named \"api\"\n"
+    );
+    assert_eq!(
+        err.errors[1].to_string(),
+        "line 4: routes[0].upstream: no upstream named \"api\""
+    );
+
+    let one = ConfigErrors {
+        file: Some("weir.yaml".into()),
+        errors: vec![err.errors[0].clone()],
+    };
+    assert_eq!(
+        one.to_string(),
+        "1 error in weir.yaml:\n  weir.yaml:1: listeners: at least one listener is required\n"
+    );
+    let single = ConfigErrors::single(None, "cannot read: gone");
+    assert_eq!(
+        single.to_string(),
+        "1 error in configuration:\n  config: cannot read: gone\n"
+    );
+}

@@ -1,0 +1,152 @@
+//! The command line: `weir run`, `weir check`, `weir version`. The only module
+//! that uses `anyhow`; everything below it returns typed errors.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weir_config::{Config, ListenerProtocol};
+
+/// weir: an API gateway and traffic-governance proxy.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level or filter (e.g. `info`, `debug`, `weir=debug,hyper=info`).
+    /// Overrides RUST_LOG. Logs go to stderr; the access log goes to stdout.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM/SIGINT.
+    Run {
+        /// Configuration file (YAML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Worker threads; overrides runtime.threads.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
+    },
+    /// Validate a configuration file and print a summary. Exit 0 when valid,
+    /// 1 when not (every error is listed).
+    Check {
+        /// Configuration file (YAML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    match cli.command {
+        Command::Version => {
+            println!("weir {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", summary(&config, &c));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config, threads } => match run(&config, threads.map(usize::from)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn run(path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::server::run(config, threads)?;
+    Ok(())
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// One-screen summary of a valid configuration.
+pub fn summary(path: &Path, c: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: valid", path.display());
+    let _ = writeln!(s, "listeners ({}):", c.listeners.len());
+    for l in &c.listeners {
+        let protos: Vec<&str> = l
+            .protocols
+            .iter()
+            .map(|p| match p {
+                ListenerProtocol::Http1 => "http1",
+                ListenerProtocol::H2c => "h2c",
+            })
+            .collect();
+        let _ = writeln!(s, "  {:<16} {:<24} {}", l.name, l.address, protos.join(","));
+    }
+    if let Some(a) = &c.admin {
+        let _ = writeln!(s, "admin: {}", a.address);
+    }
+    let _ = writeln!(s, "routes ({}):", c.routes.len());
+    for r in &c.routes {
+        let m = &r.matches;
+        let mut cond = Vec::new();
+        if let Some(h) = &m.host {
+            cond.push(format!("host={h}"));
+        }
+        if let Some(p) = &m.path {
+            cond.push(format!("path={p}"));
+        }
+        if let Some(p) = &m.path_prefix {
+            cond.push(format!("prefix={p}"));
+        }
+        if let Some(p) = &m.path_regex {
+            cond.push(format!("regex={p}"));
+        }
+        if let Some(ms) = &m.methods {
+            cond.push(format!("methods={}", ms.join(",")));
+        }
+        if !m.headers.is_empty() {
+            cond.push(format!("headers={}", m.headers.len()));
+        }
+        if !m.query.is_empty() {
+            cond.push(format!("query={}", m.query.len()));
+        }
+        let target = match (&r.upstream, &r.direct_response) {
+            (Some(u), _) => format!("-> {u}"),
+            (None, Some(d)) => format!("-> direct {}", d.status),
+            (None, None) => "-> ?".into(),
+        };
+        let cond = if cond.is_empty() { "any".to_owned() } else { cond.join(" ") };
+        let _ = writeln!(s, "  {:<16} {:<40} {}", r.name, cond, target);
+    }
+    let _ = writeln!(s, "upstreams ({}):", c.upstreams.len());
+    for u in &c.upstreams {
+        let targets: Vec<String> =
+            u.targets.iter().map(|t| format!("{} (w{})", t.address, t.weight)).collect();
+        let _ = writeln!(s, "  {:<16} {:?} {:?} {}", u.name, u.load_balancing, u.protocol, targets.join(", "));
+    }
+    s
+}

@@ -1,0 +1,116 @@
+//! `Completion`: the bookkeeping run once per request when its response ends
+//! (see `body.rs`): return the upstream connection, release the target's
+//! in-flight count, record metrics, write the access log line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Method, StatusCode};
+use hyper::client::conn::http1;
+
+use super::conn::ConnCtx;
+use crate::observe::access_log::{rfc3339, AccessRecord};
+use crate::snapshot::Snapshot;
+use crate::upstream::{OutboundBody, Target};
+
+/// What a request used upstream.
+#[derive(Debug)]
+pub struct UpstreamUse {
+    /// The target that served it (its in-flight count was incremented).
+    pub target: Arc<Target>,
+    /// The HTTP/1.1 connection to give back once the body has been read.
+    pub conn: Option<http1::SendRequest<OutboundBody>>,
+    /// Time until response headers.
+    pub elapsed: Duration,
+}
+
+/// Access log fields, collected only when the access log is on.
+#[derive(Debug)]
+pub struct LogFields {
+    /// Wall-clock arrival time.
+    pub time: SystemTime,
+    /// Request id.
+    pub request_id: String,
+    /// Host asked for.
+    pub host: String,
+    /// Path (no query).
+    pub path: String,
+    /// HTTP version text.
+    pub protocol: &'static str,
+    /// Request body bytes, counted as they stream.
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    /// Upstream name.
+    pub upstream: Option<Arc<str>>,
+}
+
+/// Per-request bookkeeping run when the response ends.
+#[derive(Debug)]
+pub struct Completion {
+    /// The client connection.
+    pub ctx: Arc<ConnCtx>,
+    /// The snapshot the request ran on.
+    pub snapshot: Arc<Snapshot>,
+    /// The matched route's `order`, if any.
+    pub route: Option<usize>,
+    /// Request method.
+    pub method: Method,
+    /// Status sent.
+    pub status: StatusCode,
+    /// Arrival time.
+    pub start: Instant,
+    /// Upstream resources held by the request.
+    pub upstream: Option<UpstreamUse>,
+    /// Error code of a local error response.
+    pub error: Option<&'static str>,
+    /// Access log fields, when logging.
+    pub log: Option<Box<LogFields>>,
+}
+
+impl Completion {
+    /// Runs the bookkeeping; see the module doc.
+    pub fn finish(mut self, bytes_out: u64, complete: bool, body_error: Option<&'static str>) {
+        let elapsed = self.start.elapsed();
+        let mut upstream_elapsed = None;
+        let mut target_addr = None;
+        if let Some(u) = self.upstream.take() {
+            u.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+            upstream_elapsed = Some(u.elapsed);
+            if complete {
+                if let Some(conn) = u.conn {
+                    self.ctx.give_back(&u.target, conn);
+                }
+            }
+            target_addr = Some(u.target.address.clone());
+        }
+        let metrics = match self.route.and_then(|i| self.snapshot.route_metrics.get(i)) {
+            Some(m) => m,
+            None => &self.snapshot.unrouted_metrics,
+        };
+        metrics.record(&self.method, self.status, elapsed);
+        let Some(log) = self.log.take() else { return };
+        let Some(access_log) = self.ctx.state.access_log.as_ref() else { return };
+        let route_name = self
+            .route
+            .and_then(|i| self.snapshot.config.routes.get(i))
+            .map_or("", |r| r.name.as_str());
+        access_log.write(&AccessRecord {
+            time: rfc3339(log.time),
+            request_id: &log.request_id,
+            client: self.ctx.client,
+            method: self.method.as_str(),
+            host: &log.host,
+            path: &log.path,
+            protocol: log.protocol,
+            status: self.status.as_u16(),
+            bytes_in: log.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_out,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            route: route_name,
+            upstream: log.upstream.as_deref().unwrap_or(""),
+            upstream_target: target_addr.as_deref().unwrap_or(""),
+            upstream_duration_ms: upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            error_code: self.error.or(body_error),
+        });
+    }
+}

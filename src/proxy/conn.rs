@@ -1,0 +1,69 @@
+//! `ConnCtx`: what weir keeps per client connection. Besides the client
+//! address it holds the HTTP/1.1 upstream connection this client used last:
+//! a keep-alive client's next request most often goes to the same target, and
+//! then it reuses that connection without touching the target's pool. When the
+//! client connection closes, the cached connection returns to the pool.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hyper::client::conn::http1;
+
+use crate::state::State;
+use crate::upstream::{OutboundBody, Target};
+
+/// Per client connection state.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// Process-wide state.
+    pub state: Arc<State>,
+    /// The client's socket address.
+    pub client: SocketAddr,
+    cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
+}
+
+impl ConnCtx {
+    /// State for a newly accepted client connection.
+    pub fn new(state: Arc<State>, client: SocketAddr) -> Self {
+        ConnCtx { state, client, cached: Mutex::new(None) }
+    }
+
+    /// Takes the cached connection if it goes to `target`; a cached
+    /// connection to another target goes back to that target's pool.
+    pub fn take(&self, target: &Arc<Target>) -> Option<http1::SendRequest<OutboundBody>> {
+        let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.take() {
+            Some((t, sender)) if Arc::ptr_eq(&t, target) => Some(sender),
+            Some((t, sender)) => {
+                t.http1.checkin(sender);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps a connection whose response has been fully read: cached when
+    /// the slot is free (the common, sequential HTTP/1.1 case), otherwise
+    /// pooled (concurrent HTTP/2 streams on one client connection).
+    pub fn give_back(&self, target: &Arc<Target>, sender: http1::SendRequest<OutboundBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some((target.clone(), sender));
+        } else {
+            drop(slot);
+            target.http1.checkin(sender);
+        }
+    }
+}
+
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        let slot = self.cached.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some((target, sender)) = slot.take() {
+            target.http1.checkin(sender);
+        }
+    }
+}

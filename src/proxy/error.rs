@@ -1,0 +1,99 @@
+//! `ProxyError`: every way a request can fail inside weir, with who caused it
+//! and the one status and stable code the client sees. All mapping from a
+//! failure to a response happens here and in `respond.rs`, nowhere else.
+
+use http::StatusCode;
+
+/// Who caused a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something weir will not forward.
+    Downstream,
+    /// The configuration has no answer for the request.
+    Config,
+    /// A target failed or was unreachable.
+    Upstream,
+}
+
+/// A failure that ends a request with an error response.
+#[derive(Debug)]
+pub struct ProxyError {
+    /// Stable machine-readable code (`docs/errors.md`).
+    pub code: &'static str,
+    /// HTTP status sent.
+    pub status: StatusCode,
+    /// Who caused it.
+    pub source: Source,
+    /// Human-readable explanation for this occurrence.
+    pub detail: String,
+}
+
+impl ProxyError {
+    fn new(code: &'static str, status: StatusCode, source: Source, detail: String) -> Self {
+        ProxyError { code, status, source, detail }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new("bad_request", StatusCode::BAD_REQUEST, Source::Downstream, detail.into())
+    }
+
+    /// 404: no route matches.
+    pub fn route_not_found(method: &str, host: &str, path: &str) -> Self {
+        Self::new(
+            "route_not_found",
+            StatusCode::NOT_FOUND,
+            Source::Config,
+            format!("no route matches {method} {path} for host {host:?}"),
+        )
+    }
+
+    /// 501: a method weir does not proxy.
+    pub fn not_implemented(detail: impl Into<String>) -> Self {
+        Self::new("not_implemented", StatusCode::NOT_IMPLEMENTED, Source::Downstream, detail.into())
+    }
+
+    /// 502: no connection could be opened to the target.
+    pub fn connect_failed(detail: impl Into<String>) -> Self {
+        Self::new("upstream_connect_failed", StatusCode::BAD_GATEWAY, Source::Upstream, detail.into())
+    }
+
+    /// 502: the target closed or reset the connection before a full response.
+    pub fn reset(detail: impl Into<String>) -> Self {
+        Self::new("upstream_reset", StatusCode::BAD_GATEWAY, Source::Upstream, detail.into())
+    }
+
+    /// 504: the route's deadline passed.
+    pub fn timeout(detail: impl Into<String>) -> Self {
+        Self::new("upstream_timeout", StatusCode::GATEWAY_TIMEOUT, Source::Upstream, detail.into())
+    }
+
+    /// 503: no target can take the request.
+    pub fn no_healthy_upstream(upstream: &str) -> Self {
+        Self::new(
+            "no_healthy_upstream",
+            StatusCode::SERVICE_UNAVAILABLE,
+            Source::Upstream,
+            format!("upstream {upstream:?} has no available target"),
+        )
+    }
+
+    /// 503: no target can take the request, with a specific reason.
+    pub fn no_healthy_upstream_detail(detail: String) -> Self {
+        Self::new("no_healthy_upstream", StatusCode::SERVICE_UNAVAILABLE, Source::Upstream, detail)
+    }
+
+    /// Short title for the status/code pair.
+    pub fn title(&self) -> &'static str {
+        match self.code {
+            "bad_request" => "Bad request",
+            "route_not_found" => "No route for this request",
+            "not_implemented" => "Not implemented",
+            "upstream_connect_failed" => "Could not connect to the upstream",
+            "upstream_reset" => "The upstream closed the connection",
+            "upstream_timeout" => "The upstream did not answer in time",
+            "no_healthy_upstream" => "No upstream target available",
+            _ => "Gateway error",
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Forwarding: turning the client's request into the request sent to a target
+//! (hop-by-hop headers removed, `X-Forwarded-*` and `x-request-id` set, path
+//! rewritten, route header edits applied), obtaining a connection, and sending
+//! it. Also cleans the target's response headers before they go back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use tokio::time::Instant;
+use weir_config::UpstreamProtocol;
+
+use super::conn::ConnCtx;
+use super::error::ProxyError;
+use crate::router::CompiledRoute;
+use crate::upstream::{ConnectError, Connection, OutboundBody, Target, UpstreamSet};
+
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+
+/// Headers that describe one hop and never cross a proxy (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too; collect them first
+    // because removing while iterating the same map is not possible.
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if conn.as_bytes() != b"keep-alive" && conn.as_bytes() != b"close" {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+/// Rewrites the client's request head into the one sent upstream.
+pub fn prepare_request(
+    parts: &mut Parts,
+    route: &CompiledRoute,
+    protocol: UpstreamProtocol,
+    client: SocketAddr,
+    host: Option<&HeaderValue>,
+    request_id: &HeaderValue,
+) -> Result<(), ProxyError> {
+    let headers = &mut parts.headers;
+    // `TE: trailers` is the one TE value that must survive: gRPC needs it.
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    strip_hop_by_hop(headers);
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, TRAILERS);
+    }
+    // weir answers `Expect: 100-continue` itself (hyper sends the interim 100
+    // when the body is first read), so the target never sees it.
+    headers.remove(header::EXPECT);
+
+    append_forwarded_for(headers, client);
+    headers.insert(X_FORWARDED_PROTO.clone(), HTTP);
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    route.request_headers.apply(headers);
+
+    let path_and_query = match route.rewrite(parts.uri.path(), parts.uri.query()) {
+        Some(p) => Some(p),
+        None => parts.uri.path_and_query().map(|p| p.as_str().to_owned()),
+    };
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            // Absolute-form and HTTP/2 requests carry the authority in the
+            // URI; an HTTP/1.1 target needs it in Host, and an absolute-form
+            // authority overrides any Host header (RFC 9112 §3.2.2).
+            if let Some(h) = host {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+            if parts.uri.authority().is_some() || path_and_query.is_some() {
+                let pq = path_and_query.as_deref().unwrap_or("/");
+                parts.uri = Uri::try_from(pq)
+                    .map_err(|e| ProxyError::bad_request(format!("invalid request target: {e}")))?;
+            }
+        }
+        UpstreamProtocol::H2c => {
+            parts.version = Version::HTTP_2;
+            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let pq = path_and_query.as_deref().unwrap_or("/");
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(pq)
+                .build()
+                .map_err(|e| ProxyError::bad_request(format!("invalid request target: {e}")))?;
+            // HTTP/2 carries the host as :authority.
+            parts.headers.remove(header::HOST);
+        }
+    }
+    Ok(())
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Cleans the target's response head before it goes to the client.
+pub fn prepare_response(resp: &mut Response<Incoming>, route: &CompiledRoute, request_id: &HeaderValue) {
+    let headers = resp.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.remove(header::TE);
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    }
+    route.response_headers.apply(headers);
+}
+
+/// The result of a successful exchange with a target.
+pub struct Exchange {
+    /// The target's response.
+    pub response: Response<Incoming>,
+    /// The HTTP/1.1 connection to give back once the body is read.
+    pub conn: Option<http1::SendRequest<OutboundBody>>,
+}
+
+/// Sends `req` to `target`, reusing a connection when possible. A reused
+/// HTTP/1.1 connection that turns out to have been closed by the target before
+/// the request was written is replaced by a fresh one, once: the request never
+/// left weir, so this is safe for any method.
+pub async fn send(
+    ctx: &ConnCtx,
+    set: &UpstreamSet,
+    target: &Arc<Target>,
+    mut req: Request<OutboundBody>,
+    connect_timeout: Duration,
+    deadline: Option<Instant>,
+) -> Result<Exchange, ProxyError> {
+    match set.protocol {
+        UpstreamProtocol::Http1 => {
+            let mut reused = true;
+            let mut sender = match reuse_http1(ctx, target).await {
+                Some(s) => s,
+                None => {
+                    reused = false;
+                    connect_http1(set, target, connect_timeout, deadline).await?
+                }
+            };
+            loop {
+                match with_deadline(deadline, sender.try_send_request(req)).await {
+                    None => return Err(timeout_error(deadline)),
+                    Some(Ok(response)) => return Ok(Exchange { response, conn: Some(sender) }),
+                    Some(Err(mut e)) => match e.take_message() {
+                        Some(back) if reused => {
+                            tracing::debug!(target = %target.address, "reused connection was closed; reconnecting");
+                            req = back;
+                            reused = false;
+                            sender = connect_http1(set, target, connect_timeout, deadline).await?;
+                        }
+                        _ => return Err(send_error(e.error())),
+                    },
+                }
+            }
+        }
+        UpstreamProtocol::H2c => {
+            let mut sender = match target.http2.get() {
+                Some(s) => s,
+                None => match connect(set, target, connect_timeout, deadline).await? {
+                    Connection::Http2(s) => {
+                        target.http2.set(s.clone());
+                        s
+                    }
+                    Connection::Http1(_) => return Err(ProxyError::connect_failed("protocol mismatch")),
+                },
+            };
+            match with_deadline(deadline, sender.send_request(req)).await {
+                None => Err(timeout_error(deadline)),
+                Some(Ok(response)) => Ok(Exchange { response, conn: None }),
+                Some(Err(e)) => Err(send_error(&e)),
+            }
+        }
+    }
+}
+
+async fn reuse_http1(ctx: &ConnCtx, target: &Arc<Target>) -> Option<http1::SendRequest<OutboundBody>> {
+    if let Some(mut s) = ctx.take(target) {
+        if s.ready().await.is_ok() {
+            return Some(s);
+        }
+    }
+    while let Some(mut s) = target.http1.checkout() {
+        if s.ready().await.is_ok() {
+            return Some(s);
+        }
+    }
+    None
+}
+
+async fn connect_http1(
+    set: &UpstreamSet,
+    target: &Target,
+    connect_timeout: Duration,
+    deadline: Option<Instant>,
+) -> Result<http1::SendRequest<OutboundBody>, ProxyError> {
+    match connect(set, target, connect_timeout, deadline).await? {
+        Connection::Http1(s) => Ok(s),
+        Connection::Http2(_) => Err(ProxyError::connect_failed("protocol mismatch")),
+    }
+}
+
+async fn connect(
+    set: &UpstreamSet,
+    target: &Target,
+    connect_timeout: Duration,
+    deadline: Option<Instant>,
+) -> Result<Connection, ProxyError> {
+    let fut = set.connect(target, connect_timeout);
+    match with_deadline(deadline, fut).await {
+        None => Err(timeout_error(deadline)),
+        Some(Ok(c)) => Ok(c),
+        Some(Err(e @ ConnectError::Unresolved(_))) => Err(ProxyError::no_healthy_upstream_detail(e.to_string())),
+        Some(Err(e)) => Err(ProxyError::connect_failed(e.to_string())),
+    }
+}
+
+async fn with_deadline<F: std::future::Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+fn timeout_error(_deadline: Option<Instant>) -> ProxyError {
+    ProxyError::timeout("the route's request deadline passed before the upstream answered")
+}
+
+fn send_error(e: &hyper::Error) -> ProxyError {
+    ProxyError::reset(format!("the upstream closed the connection before a complete response: {e}"))
+}

@@ -1,0 +1,37 @@
+//! Local responses: RFC 9457 problem documents for errors, and configured
+//! direct responses.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::Response;
+
+use super::body::ResponseBody;
+use super::error::ProxyError;
+use crate::router::DirectReply;
+
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// The problem+json response for an error.
+pub fn problem(err: &ProxyError, request_id: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "type": format!("urn:weir:error:{}", err.code),
+        "title": err.title(),
+        "status": err.status.as_u16(),
+        "detail": err.detail,
+        "code": err.code,
+        "request_id": request_id,
+    });
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(bytes)));
+    *resp.status_mut() = err.status;
+    resp.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
+    resp
+}
+
+/// A configured direct response.
+pub fn direct(reply: &DirectReply) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(reply.body.clone()));
+    *resp.status_mut() = reply.status;
+    *resp.headers_mut() = reply.headers.clone();
+    resp
+}

@@ -1,0 +1,286 @@
+//! Assembles a running gateway: compiles the first snapshot, binds the
+//! listeners and the admin listener, runs the accept loops and background
+//! tasks, and shuts down gracefully (stop accepting, let in-flight requests
+//! finish within `runtime.shutdown_grace`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weir_config::{Config, ListenerProtocol};
+
+use crate::admin;
+use crate::observe::{AccessLog, Metrics};
+use crate::proxy::{self, ConnCtx};
+use crate::snapshot::{BuildError, Snapshot};
+use crate::state::State;
+use crate::upstream;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration could not be compiled.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address} ({name}): {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        address: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The access log could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    /// The async runtime could not be built.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    state: Arc<State>,
+    listeners: Vec<(String, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    graceful: Arc<GracefulShutdown>,
+    grace: Duration,
+}
+
+impl Gateway {
+    /// Compiles `config`, binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, ServerError> {
+        let metrics = Arc::new(Metrics::new());
+        let access_log = if config.access_log.enabled {
+            Some(
+                AccessLog::start(config.access_log.path.as_deref(), metrics.access_log_dropped())
+                    .map_err(ServerError::AccessLog)?,
+            )
+        } else {
+            None
+        };
+        let grace = config.runtime.shutdown_grace.get();
+        let listener_cfgs = config.listeners.clone();
+        let admin_cfg = config.admin.clone();
+        let snapshot = Snapshot::build(config, &metrics)?;
+        let maintained: Vec<Weak<upstream::UpstreamSet>> =
+            snapshot.upstreams.iter().map(Arc::downgrade).collect();
+        let state = Arc::new(State::new(snapshot, metrics, access_log));
+        tokio::spawn(upstream::maintain(maintained));
+
+        let (stop, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut listeners = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for l in &listener_cfgs {
+            let listener = bind(&l.name, &l.address)?;
+            let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+                name: l.name.clone(),
+                address: l.address.clone(),
+                source,
+            })?;
+            tracing::info!(listener = %l.name, address = %addr, "listening");
+            listeners.push((l.name.clone(), addr));
+            let builder = Arc::new(http_builder(&l.protocols));
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                builder,
+                state.clone(),
+                stop_rx.clone(),
+                graceful.clone(),
+            )));
+        }
+        let admin = match admin_cfg {
+            Some(a) => {
+                let listener = bind("admin", &a.address)?;
+                let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+                    name: "admin".into(),
+                    address: a.address.clone(),
+                    source,
+                })?;
+                tracing::info!(address = %addr, "admin listening");
+                tokio::spawn(admin::serve(listener, state.clone(), stop_rx.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
+        state.set_ready();
+        Ok(Gateway { state, listeners, admin, stop, accept_tasks, graceful, grace })
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Every listener's name and bound address, in config order.
+    pub fn listener_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The bound admin address, if there is an admin listener.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Shared state (for embedding and tests).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Graceful shutdown: stop accepting, ask every connection to finish its
+    /// in-flight request, and wait up to the shutdown grace. Returns true when
+    /// every connection finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.state.set_draining();
+        let _ = self.stop.send(true);
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        tracing::info!(grace = ?self.grace, connections = self.graceful.count(), "draining");
+        // The accept loops have ended, so this is the last handle.
+        let drained = match Arc::try_unwrap(self.graceful) {
+            Ok(g) => tokio::time::timeout(self.grace, g.shutdown()).await.is_ok(),
+            Err(_) => false,
+        };
+        if !drained {
+            tracing::warn!("shutdown grace elapsed with requests still in flight");
+        }
+        drained
+    }
+}
+
+fn bind(name: &str, address: &str) -> Result<TcpListener, ServerError> {
+    let err = |source| ServerError::Bind { name: name.to_owned(), address: address.to_owned(), source };
+    let addr: SocketAddr = address
+        .parse()
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    // Lets a restarted weir bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(4096).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}
+
+fn http_builder(protocols: &[ListenerProtocol]) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(15));
+    b.http2().timer(TokioTimer::new());
+    let h1 = protocols.contains(&ListenerProtocol::Http1);
+    let h2 = protocols.contains(&ListenerProtocol::H2c);
+    match (h1, h2) {
+        (true, false) => b.http1_only(),
+        (false, true) => b.http2_only(),
+        _ => b,
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => serve_connection(stream, peer, &builder, &state, &graceful),
+            Err(e) => {
+                // Typically EMFILE/ENFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    state: &Arc<State>,
+    graceful: &GracefulShutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let guard = state.metrics.downstream_connection();
+    let ctx = Arc::new(ConnCtx::new(state.clone(), peer));
+    let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        }
+        drop(guard);
+    });
+}
+
+/// Runs a gateway until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run_until_signal(config: Config) -> Result<(), ServerError> {
+    let gateway = Gateway::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Builds the runtime (`threads` workers; 1 = a single-threaded runtime) and
+/// runs the gateway on it until a shutdown signal.
+pub fn run(config: Config, threads: Option<usize>) -> Result<(), ServerError> {
+    let threads = threads
+        .or(config.runtime.threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .map_err(ServerError::Runtime)?;
+    tracing::info!(threads, version = env!("CARGO_PKG_VERSION"), "starting weir");
+    let result = runtime.block_on(run_until_signal(config));
+    // Connections still open after the grace are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}

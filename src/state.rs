@@ -1,0 +1,61 @@
+//! Process-wide state shared by every connection: the current snapshot (swapped
+//! atomically), metrics, the access log and lifecycle flags. Passed around as
+//! one `Arc<State>`; there are no global statics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::observe::{AccessLog, Metrics};
+use crate::snapshot::Snapshot;
+
+/// Shared state of a running gateway.
+#[derive(Debug)]
+pub struct State {
+    /// The snapshot new requests use.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// The metric registry.
+    pub metrics: Arc<Metrics>,
+    /// Where access log lines go, when enabled.
+    pub access_log: Option<AccessLog>,
+    /// When the process started.
+    pub started: Instant,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl State {
+    /// New state around a first snapshot; not ready until `set_ready`.
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, access_log: Option<AccessLog>) -> State {
+        State {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            access_log,
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Listeners are bound and the config is loaded.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Shutdown has begun: stop accepting, finish what is in flight.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// True when the gateway should receive traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+}
