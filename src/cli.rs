@@ -139,14 +139,28 @@ pub fn summary(path: &Path, c: &Config) -> String {
             (None, Some(d)) => format!("-> direct {}", d.status),
             (None, None) => "-> ?".into(),
         };
-        let cond = if cond.is_empty() { "any".to_owned() } else { cond.join(" ") };
+        let cond = if cond.is_empty() {
+            "any".to_owned()
+        } else {
+            cond.join(" ")
+        };
         let _ = writeln!(s, "  {:<16} {:<40} {}", r.name, cond, target);
     }
     let _ = writeln!(s, "upstreams ({}):", c.upstreams.len());
     for u in &c.upstreams {
-        let targets: Vec<String> =
-            u.targets.iter().map(|t| format!("{} (w{})", t.address, t.weight)).collect();
-        let _ = writeln!(s, "  {:<16} {:?} {:?} {}", u.name, u.load_balancing, u.protocol, targets.join(", "));
+        let targets: Vec<String> = u
+            .targets
+            .iter()
+            .map(|t| format!("{} (w{})", t.address, t.weight))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {:<16} {:?} {:?} {}",
+            u.name,
+            u.load_balancing,
+            u.protocol,
+            targets.join(", ")
+        );
     }
     s
 }

@@ -64,8 +64,11 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let access_log = if config.access_log.enabled {
             Some(
-                AccessLog::start(config.access_log.path.as_deref(), metrics.access_log_dropped())
-                    .map_err(ServerError::AccessLog)?,
+                AccessLog::start(
+                    config.access_log.path.as_deref(),
+                    metrics.access_log_dropped(),
+                )
+                .map_err(ServerError::AccessLog)?,
             )
         } else {
             None
@@ -116,12 +119,23 @@ impl Gateway {
             None => None,
         };
         state.set_ready();
-        Ok(Gateway { state, listeners, admin, stop, accept_tasks, graceful, grace })
+        Ok(Gateway {
+            state,
+            listeners,
+            admin,
+            stop,
+            accept_tasks,
+            graceful,
+            grace,
+        })
     }
 
     /// The bound address of the listener named `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// Every listener's name and bound address, in config order.
@@ -162,7 +176,11 @@ impl Gateway {
 }
 
 fn bind(name: &str, address: &str) -> Result<TcpListener, ServerError> {
-    let err = |source| ServerError::Bind { name: name.to_owned(), address: address.to_owned(), source };
+    let err = |source| ServerError::Bind {
+        name: name.to_owned(),
+        address: address.to_owned(),
+        source,
+    };
     let addr: SocketAddr = address
         .parse()
         .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
@@ -185,7 +203,9 @@ fn bind(name: &str, address: &str) -> Result<TcpListener, ServerError> {
 
 fn http_builder(protocols: &[ListenerProtocol]) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(15));
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(15));
     b.http2().timer(TokioTimer::new());
     let h1 = protocols.contains(&ListenerProtocol::Http1);
     let h2 = protocols.contains(&ListenerProtocol::H2c);
@@ -231,7 +251,9 @@ fn serve_connection(
     let guard = state.metrics.downstream_connection();
     let ctx = Arc::new(ConnCtx::new(state.clone(), peer));
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -273,12 +295,21 @@ pub fn run(config: Config, threads: Option<usize>) -> Result<(), ServerError> {
         .or(config.runtime.threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     }
     .map_err(ServerError::Runtime)?;
-    tracing::info!(threads, version = env!("CARGO_PKG_VERSION"), "starting weir");
+    tracing::info!(
+        threads,
+        version = env!("CARGO_PKG_VERSION"),
+        "starting weir"
+    );
     let result = runtime.block_on(run_until_signal(config));
     // Connections still open after the grace are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -38,8 +38,11 @@ impl Snapshot {
     /// Compiles a validated configuration.
     pub fn build(config: Config, metrics: &Metrics) -> Result<Snapshot, BuildError> {
         let routes = RouteTable::build(&config)?;
-        let upstreams: Vec<Arc<UpstreamSet>> =
-            config.upstreams.iter().map(|u| Arc::new(UpstreamSet::build(u, metrics))).collect();
+        let upstreams: Vec<Arc<UpstreamSet>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(UpstreamSet::build(u, metrics)))
+            .collect();
         let mut by_order: Vec<_> = routes.routes().iter().collect();
         by_order.sort_by_key(|r| r.order);
         let route_metrics = by_order

@@ -31,7 +31,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(answer(&state, &req)) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -62,7 +64,9 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             );
             resp
         }
-        "/config" => json(&serde_json::to_value(&*state.snapshot.load().config).unwrap_or_default()),
+        "/config" => {
+            json(&serde_json::to_value(&*state.snapshot.load().config).unwrap_or_default())
+        }
         "/routes" => {
             let snap = state.snapshot.load();
             let routes: Vec<_> = snap.routes.routes().iter().map(|r| r.describe()).collect();
@@ -80,22 +84,29 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "draining": state.is_draining(),
             "connections": state.metrics.downstream_active(),
         })),
-        _ => text(StatusCode::NOT_FOUND, "unknown admin path; try /healthz /ready /metrics /config /routes /upstreams /status\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "unknown admin path; try /healthz /ready /metrics /config /routes /upstreams /status\n",
+        ),
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
 fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }

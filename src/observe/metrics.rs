@@ -124,7 +124,9 @@ impl Metrics {
         );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
-            .get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION").to_owned() })
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
             .set(1);
         registry.register("weir_build_info", "Build information; always 1", build_info);
         Metrics {
@@ -159,14 +161,18 @@ impl Metrics {
             slots: std::array::from_fn(|_| OnceLock::new()),
             duration: self
                 .request_duration
-                .get_or_create(&RouteLabel { route: route.to_owned() })
+                .get_or_create(&RouteLabel {
+                    route: route.to_owned(),
+                })
                 .clone(),
         }
     }
 
     /// Handles for one upstream.
     pub fn upstream(&self, upstream: &str) -> UpstreamMetrics {
-        let label = UpstreamLabel { upstream: upstream.to_owned() };
+        let label = UpstreamLabel {
+            upstream: upstream.to_owned(),
+        };
         UpstreamMetrics {
             response_duration: self.upstream_duration.get_or_create(&label).clone(),
             connect_errors: self.upstream_connect_errors.get_or_create(&label).clone(),
@@ -193,7 +199,11 @@ impl Metrics {
 
     /// Counts a request rejected before routing.
     pub fn rejected(&self, reason: &str) {
-        self.rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 }
 
@@ -237,7 +247,10 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Records one finished request.
     pub fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
-        let m = METHODS.iter().position(|x| x == method).unwrap_or(METHODS.len());
+        let m = METHODS
+            .iter()
+            .position(|x| x == method)
+            .unwrap_or(METHODS.len());
         let c = usize::from((status.as_u16() / 100).clamp(1, 5) - 1);
         let counter = self.slots[m * CLASSES.len() + c].get_or_init(|| {
             let method = METHODS.get(m).map_or("OTHER", |x| x.as_str());

@@ -59,7 +59,9 @@ pub struct ResponseBody {
 
 impl fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseBody").field("bytes", &self.bytes).finish_non_exhaustive()
+        f.debug_struct("ResponseBody")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
     }
 }
 

@@ -89,7 +89,9 @@ impl Completion {
         };
         metrics.record(&self.method, self.status, elapsed);
         let Some(log) = self.log.take() else { return };
-        let Some(access_log) = self.ctx.state.access_log.as_ref() else { return };
+        let Some(access_log) = self.ctx.state.access_log.as_ref() else {
+            return;
+        };
         let route_name = self
             .route
             .and_then(|i| self.snapshot.config.routes.get(i))
@@ -103,7 +105,10 @@ impl Completion {
             path: &log.path,
             protocol: log.protocol,
             status: self.status.as_u16(),
-            bytes_in: log.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_in: log
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             route: route_name,

@@ -25,7 +25,11 @@ pub struct ConnCtx {
 impl ConnCtx {
     /// State for a newly accepted client connection.
     pub fn new(state: Arc<State>, client: SocketAddr) -> Self {
-        ConnCtx { state, client, cached: Mutex::new(None) }
+        ConnCtx {
+            state,
+            client,
+            cached: Mutex::new(None),
+        }
     }
 
     /// Takes the cached connection if it goes to `target`; a cached

@@ -30,12 +30,22 @@ pub struct ProxyError {
 
 impl ProxyError {
     fn new(code: &'static str, status: StatusCode, source: Source, detail: String) -> Self {
-        ProxyError { code, status, source, detail }
+        ProxyError {
+            code,
+            status,
+            source,
+            detail,
+        }
     }
 
     /// 400: the request is malformed.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new("bad_request", StatusCode::BAD_REQUEST, Source::Downstream, detail.into())
+        Self::new(
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            Source::Downstream,
+            detail.into(),
+        )
     }
 
     /// 404: no route matches.
@@ -50,22 +60,42 @@ impl ProxyError {
 
     /// 501: a method weir does not proxy.
     pub fn not_implemented(detail: impl Into<String>) -> Self {
-        Self::new("not_implemented", StatusCode::NOT_IMPLEMENTED, Source::Downstream, detail.into())
+        Self::new(
+            "not_implemented",
+            StatusCode::NOT_IMPLEMENTED,
+            Source::Downstream,
+            detail.into(),
+        )
     }
 
     /// 502: no connection could be opened to the target.
     pub fn connect_failed(detail: impl Into<String>) -> Self {
-        Self::new("upstream_connect_failed", StatusCode::BAD_GATEWAY, Source::Upstream, detail.into())
+        Self::new(
+            "upstream_connect_failed",
+            StatusCode::BAD_GATEWAY,
+            Source::Upstream,
+            detail.into(),
+        )
     }
 
     /// 502: the target closed or reset the connection before a full response.
     pub fn reset(detail: impl Into<String>) -> Self {
-        Self::new("upstream_reset", StatusCode::BAD_GATEWAY, Source::Upstream, detail.into())
+        Self::new(
+            "upstream_reset",
+            StatusCode::BAD_GATEWAY,
+            Source::Upstream,
+            detail.into(),
+        )
     }
 
     /// 504: the route's deadline passed.
     pub fn timeout(detail: impl Into<String>) -> Self {
-        Self::new("upstream_timeout", StatusCode::GATEWAY_TIMEOUT, Source::Upstream, detail.into())
+        Self::new(
+            "upstream_timeout",
+            StatusCode::GATEWAY_TIMEOUT,
+            Source::Upstream,
+            detail.into(),
+        )
     }
 
     /// 503: no target can take the request.
@@ -80,7 +110,12 @@ impl ProxyError {
 
     /// 503: no target can take the request, with a specific reason.
     pub fn no_healthy_upstream_detail(detail: String) -> Self {
-        Self::new("no_healthy_upstream", StatusCode::SERVICE_UNAVAILABLE, Source::Upstream, detail)
+        Self::new(
+            "no_healthy_upstream",
+            StatusCode::SERVICE_UNAVAILABLE,
+            Source::Upstream,
+            detail,
+        )
     }
 
     /// Short title for the status/code pair.

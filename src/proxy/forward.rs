@@ -67,10 +67,12 @@ pub fn prepare_request(
 ) -> Result<(), ProxyError> {
     let headers = &mut parts.headers;
     // `TE: trailers` is the one TE value that must survive: gRPC needs it.
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     strip_hop_by_hop(headers);
     headers.remove(header::TE);
     if te_trailers {
@@ -136,7 +138,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
 }
 
 /// Cleans the target's response head before it goes to the client.
-pub fn prepare_response(resp: &mut Response<Incoming>, route: &CompiledRoute, request_id: &HeaderValue) {
+pub fn prepare_response(
+    resp: &mut Response<Incoming>,
+    route: &CompiledRoute,
+    request_id: &HeaderValue,
+) {
     let headers = resp.headers_mut();
     strip_hop_by_hop(headers);
     headers.remove(header::TE);
@@ -179,7 +185,12 @@ pub async fn send(
             loop {
                 match with_deadline(deadline, sender.try_send_request(req)).await {
                     None => return Err(timeout_error(deadline)),
-                    Some(Ok(response)) => return Ok(Exchange { response, conn: Some(sender) }),
+                    Some(Ok(response)) => {
+                        return Ok(Exchange {
+                            response,
+                            conn: Some(sender),
+                        })
+                    }
                     Some(Err(mut e)) => match e.take_message() {
                         Some(back) if reused => {
                             tracing::debug!(target = %target.address, "reused connection was closed; reconnecting");
@@ -200,19 +211,27 @@ pub async fn send(
                         target.http2.set(s.clone());
                         s
                     }
-                    Connection::Http1(_) => return Err(ProxyError::connect_failed("protocol mismatch")),
+                    Connection::Http1(_) => {
+                        return Err(ProxyError::connect_failed("protocol mismatch"))
+                    }
                 },
             };
             match with_deadline(deadline, sender.send_request(req)).await {
                 None => Err(timeout_error(deadline)),
-                Some(Ok(response)) => Ok(Exchange { response, conn: None }),
+                Some(Ok(response)) => Ok(Exchange {
+                    response,
+                    conn: None,
+                }),
                 Some(Err(e)) => Err(send_error(&e)),
             }
         }
     }
 }
 
-async fn reuse_http1(ctx: &ConnCtx, target: &Arc<Target>) -> Option<http1::SendRequest<OutboundBody>> {
+async fn reuse_http1(
+    ctx: &ConnCtx,
+    target: &Arc<Target>,
+) -> Option<http1::SendRequest<OutboundBody>> {
     if let Some(mut s) = ctx.take(target) {
         if s.ready().await.is_ok() {
             return Some(s);
@@ -248,12 +267,17 @@ async fn connect(
     match with_deadline(deadline, fut).await {
         None => Err(timeout_error(deadline)),
         Some(Ok(c)) => Ok(c),
-        Some(Err(e @ ConnectError::Unresolved(_))) => Err(ProxyError::no_healthy_upstream_detail(e.to_string())),
+        Some(Err(e @ ConnectError::Unresolved(_))) => {
+            Err(ProxyError::no_healthy_upstream_detail(e.to_string()))
+        }
         Some(Err(e)) => Err(ProxyError::connect_failed(e.to_string())),
     }
 }
 
-async fn with_deadline<F: std::future::Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+async fn with_deadline<F: std::future::Future>(
+    deadline: Option<Instant>,
+    fut: F,
+) -> Option<F::Output> {
     match deadline {
         Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
         None => Some(fut.await),
@@ -265,5 +289,7 @@ fn timeout_error(_deadline: Option<Instant>) -> ProxyError {
 }
 
 fn send_error(e: &hyper::Error) -> ProxyError {
-    ProxyError::reset(format!("the upstream closed the connection before a complete response: {e}"))
+    ProxyError::reset(format!(
+        "the upstream closed the connection before a complete response: {e}"
+    ))
 }

@@ -27,14 +27,17 @@ pub use body::{BodyError, ResponseBody};
 pub use conn::ConnCtx;
 pub use error::{ProxyError, Source};
 
-use complete::{Completion, LogFields, UpstreamUse};
-use forward::X_REQUEST_ID;
 use crate::router::{CompiledRoute, RouteAction};
 use crate::upstream::{hash_key, OutboundBody, UpstreamSet};
+use complete::{Completion, LogFields, UpstreamUse};
+use forward::X_REQUEST_ID;
 
 /// Handles one request from a client connection. Never fails: every error
 /// becomes a response.
-pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let snapshot = ctx.state.snapshot.load_full();
     let (parts, body) = req.into_parts();
@@ -61,7 +64,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
         done.log = Some(Box::new(LogFields {
             time: SystemTime::now(),
             request_id: request_id.to_str().unwrap_or("").to_owned(),
-            host: host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("").to_owned(),
+            host: host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
             path: parts.uri.path().to_owned(),
             protocol: protocol_name(parts.version),
             bytes_in: None,
@@ -69,15 +76,27 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
         }));
     }
     if parts.method == Method::CONNECT {
-        return Ok(local_error(ProxyError::not_implemented("CONNECT is not proxied"), &request_id, done));
+        return Ok(local_error(
+            ProxyError::not_implemented("CONNECT is not proxied"),
+            &request_id,
+            done,
+        ));
     }
 
     // Match route.
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let Some(route) =
-        snapshot.routes.route(&parts.method, host_str, parts.uri.path(), parts.uri.query(), &parts.headers)
-    else {
-        let e = ProxyError::route_not_found(parts.method.as_str(), host_str.unwrap_or(""), parts.uri.path());
+    let Some(route) = snapshot.routes.route(
+        &parts.method,
+        host_str,
+        parts.uri.path(),
+        parts.uri.query(),
+        &parts.headers,
+    ) else {
+        let e = ProxyError::route_not_found(
+            parts.method.as_str(),
+            host_str.unwrap_or(""),
+            parts.uri.path(),
+        );
         return Ok(local_error(e, &request_id, done));
     };
     done.route = Some(route.order);
@@ -112,15 +131,30 @@ async fn forward(
     }
     let key = set.hash_on.as_ref().and_then(|h| hash_of(h, &parts, &done));
     let Some(target) = set.pick(key).cloned() else {
-        return local_error(ProxyError::no_healthy_upstream(&set.name), &request_id, done);
+        return local_error(
+            ProxyError::no_healthy_upstream(&set.name),
+            &request_id,
+            done,
+        );
     };
     target.in_flight.fetch_add(1, Ordering::Relaxed);
-    done.upstream = Some(UpstreamUse { target: target.clone(), conn: None, elapsed: Default::default() });
+    done.upstream = Some(UpstreamUse {
+        target: target.clone(),
+        conn: None,
+        elapsed: Default::default(),
+    });
 
-    let deadline = route.request_timeout.map(|t| tokio::time::Instant::from_std(done.start) + t);
-    if let Err(e) =
-        forward::prepare_request(&mut parts, route, set.protocol, done.ctx.client, host.as_ref(), &request_id)
-    {
+    let deadline = route
+        .request_timeout
+        .map(|t| tokio::time::Instant::from_std(done.start) + t);
+    if let Err(e) = forward::prepare_request(
+        &mut parts,
+        route,
+        set.protocol,
+        done.ctx.client,
+        host.as_ref(),
+        &request_id,
+    ) {
         return local_error(e, &request_id, done);
     }
     let counter = done.log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
@@ -156,7 +190,11 @@ async fn forward(
 }
 
 /// Sends a problem+json response for `err`.
-fn local_error(err: ProxyError, request_id: &HeaderValue, mut done: Completion) -> Response<ResponseBody> {
+fn local_error(
+    err: ProxyError,
+    request_id: &HeaderValue,
+    mut done: Completion,
+) -> Response<ResponseBody> {
     if err.source == Source::Upstream {
         tracing::debug!(code = err.code, detail = %err.detail, "upstream error");
     }
@@ -165,8 +203,13 @@ fn local_error(err: ProxyError, request_id: &HeaderValue, mut done: Completion) 
     finish(resp, request_id, done)
 }
 
-fn finish(mut resp: Response<ResponseBody>, request_id: &HeaderValue, mut done: Completion) -> Response<ResponseBody> {
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+fn finish(
+    mut resp: Response<ResponseBody>,
+    request_id: &HeaderValue,
+    mut done: Completion,
+) -> Response<ResponseBody> {
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     done.status = resp.status();
     resp.body_mut().on_complete(done);
     resp
@@ -183,7 +226,11 @@ fn request_id(parts: &Parts) -> HeaderValue {
     let n = fastrand::u128(..);
     for (i, b) in buf.iter_mut().enumerate() {
         let nibble = ((n >> (i * 4)) & 0xf) as u8;
-        *b = if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 };
+        *b = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
     }
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
@@ -207,16 +254,19 @@ fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
             Err(ProxyError::bad_request("empty Host header"))
         }
         Some(h) => Ok(Some(h.clone())),
-        None if parts.version == Version::HTTP_11 => {
-            Err(ProxyError::bad_request("HTTP/1.1 request without a Host header"))
-        }
+        None if parts.version == Version::HTTP_11 => Err(ProxyError::bad_request(
+            "HTTP/1.1 request without a Host header",
+        )),
         None => Ok(None),
     }
 }
 
 fn hash_of(on: &HashOn, parts: &Parts, done: &Completion) -> Option<u64> {
     match on {
-        HashOn::Header(name) => parts.headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
+        HashOn::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .map(|v| hash_key(v.as_bytes())),
         HashOn::Cookie(name) => parts
             .headers
             .get_all(header::COOKIE)
@@ -241,4 +291,3 @@ fn protocol_name(v: Version) -> &'static str {
         _ => "HTTP",
     }
 }
-

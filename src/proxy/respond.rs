@@ -2,7 +2,7 @@
 //! direct responses.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Response;
 
 use super::body::ResponseBody;

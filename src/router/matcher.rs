@@ -58,8 +58,8 @@ impl PathMatch {
     }
 }
 
-/// Segment-aware prefix test shared by matching and rewriting.
-pub(super) fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// Segment-aware prefix test.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         // The catch-all prefix also takes the odd non-origin-form targets
         // (`OPTIONS *`), so a `/` route really is a default route.

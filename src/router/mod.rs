@@ -46,6 +46,9 @@ impl RouteTable {
             .enumerate()
             .map(|(order, route)| CompiledRoute::compile(route, order, &upstreams).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        // Sorted once so that a lookup is a first-match scan; `order` in the key
+        // makes the file-order tie-break explicit rather than relying on the
+        // sort's stability alone.
         routes.sort_by_key(|route| (route.matcher.precedence(), route.order));
         Ok(RouteTable { routes })
     }

@@ -25,10 +25,15 @@ pub struct Balancer {
 
 #[derive(Debug)]
 enum Kind {
-    RoundRobin { schedule: Vec<u32>, next: AtomicUsize },
+    RoundRobin {
+        schedule: Vec<u32>,
+        next: AtomicUsize,
+    },
     Random,
     LeastRequest,
-    Ring { points: Vec<(u64, u32)> },
+    Ring {
+        points: Vec<(u64, u32)>,
+    },
 }
 
 impl Balancer {
@@ -43,14 +48,23 @@ impl Balancer {
         }
         let kind = match policy {
             LoadBalancing::RoundRobin => match smooth_schedule(&weights) {
-                Some(schedule) => Kind::RoundRobin { schedule, next: AtomicUsize::new(0) },
+                Some(schedule) => Kind::RoundRobin {
+                    schedule,
+                    next: AtomicUsize::new(0),
+                },
                 None => Kind::Random,
             },
             LoadBalancing::Random => Kind::Random,
             LoadBalancing::LeastRequest => Kind::LeastRequest,
-            LoadBalancing::ConsistentHash => Kind::Ring { points: ring(&weights) },
+            LoadBalancing::ConsistentHash => Kind::Ring {
+                points: ring(&weights),
+            },
         };
-        Balancer { kind, weights, cumulative }
+        Balancer {
+            kind,
+            weights,
+            cumulative,
+        }
     }
 
     /// Picks a target index. `eligible(i)` says whether target `i` may be used
@@ -89,7 +103,10 @@ impl Balancer {
             Kind::Ring { points } => {
                 let k = key.unwrap_or_else(|| fastrand::u64(..));
                 let at = points.partition_point(|(h, _)| *h < k);
-                points.get(at).or_else(|| points.first()).map_or(0, |p| p.1 as usize)
+                points
+                    .get(at)
+                    .or_else(|| points.first())
+                    .map_or(0, |p| p.1 as usize)
             }
         };
         if eligible(first) {
@@ -181,7 +198,9 @@ mod tests {
     #[test]
     fn round_robin_interleaves() {
         let b = Balancer::new(LoadBalancing::RoundRobin, &[5, 1]);
-        let seq: Vec<usize> = (0..6).map(|_| b.pick(None, |_| true, |_| 0).unwrap()).collect();
+        let seq: Vec<usize> = (0..6)
+            .map(|_| b.pick(None, |_| true, |_| 0).unwrap())
+            .collect();
         // The light target is not starved until the end of the cycle.
         assert!(seq[..4].contains(&1), "{seq:?}");
     }
@@ -198,7 +217,8 @@ mod tests {
         let b = Balancer::new(LoadBalancing::LeastRequest, &[1, 1]);
         let mut c = [0; 2];
         for _ in 0..1000 {
-            c[b.pick(None, |_| true, |i| if i == 0 { 100 } else { 0 }).unwrap()] += 1;
+            c[b.pick(None, |_| true, |i| if i == 0 { 100 } else { 0 })
+                .unwrap()] += 1;
         }
         assert!(c[1] > 700, "{c:?}");
     }

@@ -181,8 +181,8 @@ impl UpstreamSet {
 
 impl Target {
     fn new(address: &str, weight: u32, keepalive: &weir_config::Keepalive) -> Target {
-        let (host, port) = weir_config::parse_target_address(address)
-            .unwrap_or_else(|_| (address.to_owned(), 0));
+        let (host, port) =
+            weir_config::parse_target_address(address).unwrap_or_else(|_| (address.to_owned(), 0));
         let literal = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -232,7 +232,9 @@ impl Target {
                     }
                 }
             }
-            Err(e) => tracing::warn!(target = %self.address, error = %e, "cannot re-resolve target"),
+            Err(e) => {
+                tracing::warn!(target = %self.address, error = %e, "cannot re-resolve target")
+            }
         }
     }
 
@@ -241,7 +243,9 @@ impl Target {
         protocol: UpstreamProtocol,
         timeout: Duration,
     ) -> Result<Connection, ConnectError> {
-        let addr = self.addr().ok_or_else(|| ConnectError::Unresolved(self.address.clone()))?;
+        let addr = self
+            .addr()
+            .ok_or_else(|| ConnectError::Unresolved(self.address.clone()))?;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
             Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),

@@ -31,7 +31,11 @@ struct Idle<B> {
 impl<B> Http1Pool<B> {
     /// An empty pool keeping at most `max_idle` connections for `idle_timeout`.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
-        Http1Pool { idle: Mutex::new(VecDeque::new()), max_idle, idle_timeout }
+        Http1Pool {
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+        }
     }
 
     /// Takes the most recently returned connection that is still open. The
@@ -60,7 +64,10 @@ impl<B> Http1Pool<B> {
             // Keep the newest connections: drop the oldest.
             idle.pop_front();
         }
-        idle.push_back(Idle { sender, since: Instant::now() });
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 
     /// Closes connections idle for longer than the idle timeout.
@@ -89,7 +96,9 @@ pub struct Http2Pool<B> {
 
 impl<B> Default for Http2Pool<B> {
     fn default() -> Self {
-        Http2Pool { conn: Mutex::new(None) }
+        Http2Pool {
+            conn: Mutex::new(None),
+        }
     }
 }
 
