@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use http::HeaderValue;
 use hyper::client::conn::http1;
 
 use crate::state::State;
@@ -19,15 +20,21 @@ pub struct ConnCtx {
     pub state: Arc<State>,
     /// The client's socket address.
     pub client: SocketAddr,
+    /// The client's IP as a header value, formatted once per connection for
+    /// `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
     cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
 }
 
 impl ConnCtx {
     /// State for a newly accepted client connection.
     pub fn new(state: Arc<State>, client: SocketAddr) -> Self {
+        let client_ip = HeaderValue::from_str(&client.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
         ConnCtx {
             state,
             client,
+            client_ip,
             cached: Mutex::new(None),
         }
     }

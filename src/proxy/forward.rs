@@ -3,7 +3,6 @@
 //! rewritten, route header edits applied), obtaining a connection, and sending
 //! it. Also cleans the target's response headers before they go back.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,30 +29,67 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 const HTTP: HeaderValue = HeaderValue::from_static("http");
 const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
-/// Headers that describe one hop and never cross a proxy (RFC 9110 §7.6.1).
+/// Bit for each header that describes one hop and never crosses a proxy
+/// (RFC 9110 §7.6.1), plus the two weir handles itself (`te`, `expect`).
+fn hop_by_hop_bit(name: &str) -> u8 {
+    match name {
+        "connection" => 1,
+        "transfer-encoding" => 2,
+        "upgrade" => 4,
+        "te" => 8,
+        "expect" => 16,
+        "keep-alive" => 32,
+        "proxy-connection" => 64,
+        "proxy-authenticate" => 128,
+        _ => 0,
+    }
+}
+
+/// Removes hop-by-hop headers. One pass over the (few) names notes which
+/// are present, so only those pay for a hashing removal; a bare
+/// `Connection: keep-alive`, the common case, costs one removal.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too; collect them first
-    // because removing while iterating the same map is not possible.
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if conn.as_bytes() != b"keep-alive" && conn.as_bytes() != b"close" {
-            let named: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(name);
-            }
+    let mut present = 0u8;
+    for name in headers.keys() {
+        present |= hop_by_hop_bit(name.as_str());
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Names listed in Connection are hop-by-hop too.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter(|v| {
+                let v = v.as_bytes();
+                !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close")
+            })
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
         }
     }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::PROXY_AUTHENTICATE);
+    let names: [&HeaderName; 8] = [
+        &header::CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TE,
+        &header::EXPECT,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+    ];
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
 }
 
 /// Rewrites the client's request head into the one sent upstream.
@@ -61,7 +97,7 @@ pub fn prepare_request(
     parts: &mut Parts,
     route: &CompiledRoute,
     protocol: UpstreamProtocol,
-    client: SocketAddr,
+    client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) -> Result<(), ProxyError> {
@@ -73,16 +109,15 @@ pub fn prepare_request(
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         })
     });
+    // weir answers `Expect: 100-continue` itself (hyper sends the interim 100
+    // when the body is first read), so the target never sees it; the strip
+    // removes it along with the hop-by-hop headers.
     strip_hop_by_hop(headers);
-    headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, TRAILERS);
     }
-    // weir answers `Expect: 100-continue` itself (hyper sends the interim 100
-    // when the body is first read), so the target never sees it.
-    headers.remove(header::EXPECT);
 
-    append_forwarded_for(headers, client);
+    append_forwarded_for(headers, client_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), HTTP);
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -90,21 +125,24 @@ pub fn prepare_request(
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     route.request_headers.apply(headers);
 
-    let path_and_query = match route.rewrite(parts.uri.path(), parts.uri.query()) {
-        Some(p) => Some(p),
-        None => parts.uri.path_and_query().map(|p| p.as_str().to_owned()),
-    };
+    let rewritten = route.rewrite(parts.uri.path(), parts.uri.query());
     match protocol {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
             // Absolute-form and HTTP/2 requests carry the authority in the
             // URI; an HTTP/1.1 target needs it in Host, and an absolute-form
-            // authority overrides any Host header (RFC 9112 §3.2.2).
-            if let Some(h) = host {
-                parts.headers.insert(header::HOST, h.clone());
+            // authority overrides any Host header (RFC 9112 §3.2.2). An
+            // origin-form request is sent as it came, Host untouched.
+            if parts.uri.authority().is_some() {
+                if let Some(h) = host {
+                    parts.headers.insert(header::HOST, h.clone());
+                }
             }
-            if parts.uri.authority().is_some() || path_and_query.is_some() {
-                let pq = path_and_query.as_deref().unwrap_or("/");
+            if rewritten.is_some() || parts.uri.authority().is_some() {
+                let pq = match &rewritten {
+                    Some(p) => p.as_str(),
+                    None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                };
                 parts.uri = Uri::try_from(pq)
                     .map_err(|e| ProxyError::bad_request(format!("invalid request target: {e}")))?;
             }
@@ -112,7 +150,10 @@ pub fn prepare_request(
         UpstreamProtocol::H2c => {
             parts.version = Version::HTTP_2;
             let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            let pq = path_and_query.as_deref().unwrap_or("/");
+            let pq = match &rewritten {
+                Some(p) => p.as_str(),
+                None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            };
             parts.uri = Uri::builder()
                 .scheme("http")
                 .authority(authority)
@@ -126,15 +167,25 @@ pub fn prepare_request(
     Ok(())
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let prev = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let value = match prev {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            match HeaderValue::from_bytes(&v) {
+                Ok(v) => v,
+                Err(_) => client_ip.clone(),
+            }
+        }
+        _ => client_ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), value);
 }
 
 /// Cleans the target's response head before it goes to the client.
@@ -145,7 +196,6 @@ pub fn prepare_response(
 ) {
     let headers = resp.headers_mut();
     strip_hop_by_hop(headers);
-    headers.remove(header::TE);
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     }
@@ -160,7 +210,9 @@ pub struct Exchange {
     pub conn: Option<http1::SendRequest<OutboundBody>>,
 }
 
-/// Sends `req` to `target`, reusing a connection when possible. A reused
+/// Sends `req` to `target`, reusing a connection when possible. Opening a
+/// connection is the cold path and is boxed, which keeps this future (and so
+/// every request's) small: it is moved on each request. A reused
 /// HTTP/1.1 connection that turns out to have been closed by the target before
 /// the request was written is replaced by a fresh one, once: the request never
 /// left weir, so this is safe for any method.
@@ -179,7 +231,7 @@ pub async fn send(
                 Some(s) => s,
                 None => {
                     reused = false;
-                    connect_http1(set, target, connect_timeout, deadline).await?
+                    Box::pin(connect_http1(set, target, connect_timeout, deadline)).await?
                 }
             };
             loop {
@@ -196,7 +248,9 @@ pub async fn send(
                             tracing::debug!(target = %target.address, "reused connection was closed; reconnecting");
                             req = back;
                             reused = false;
-                            sender = connect_http1(set, target, connect_timeout, deadline).await?;
+                            sender =
+                                Box::pin(connect_http1(set, target, connect_timeout, deadline))
+                                    .await?;
                         }
                         _ => return Err(send_error(e.error())),
                     },
@@ -206,7 +260,7 @@ pub async fn send(
         UpstreamProtocol::H2c => {
             let mut sender = match target.http2.get() {
                 Some(s) => s,
-                None => match connect(set, target, connect_timeout, deadline).await? {
+                None => match Box::pin(connect(set, target, connect_timeout, deadline)).await? {
                     Connection::Http2(s) => {
                         target.http2.set(s.clone());
                         s

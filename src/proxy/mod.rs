@@ -151,7 +151,7 @@ async fn forward(
         &mut parts,
         route,
         set.protocol,
-        done.ctx.client,
+        &done.ctx.client_ip,
         host.as_ref(),
         &request_id,
     ) {

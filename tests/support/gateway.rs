@@ -1,0 +1,113 @@
+//! `TestGateway`: weir started in-process from a YAML string.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+
+use weir::config::Config;
+use weir::Gateway;
+
+use super::client;
+
+/// Listener (HTTP/1.1 only) and admin on ephemeral ports; append `routes:` and
+/// `upstreams:` to it.
+///
+/// The admin listener is on 127.0.0.2 because weir-config rejects two sockets
+/// on `127.0.0.1:0` as "already used" although port 0 never conflicts (see the
+/// ignored test `admin_metrics::listener_and_admin_may_both_bind_port_zero`).
+/// Linux routes all of 127.0.0.0/8 to loopback.
+pub const BASE: &str = "\
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+admin:
+  address: 127.0.0.2:0
+";
+
+/// Replaces each `{name}` in `template` with its value.
+pub fn fill(template: &str, vars: &[(&str, &dyn Display)]) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{name}}}"), &value.to_string());
+    }
+    assert!(
+        !out.contains("{up"),
+        "unfilled placeholder left in config:\n{out}"
+    );
+    out
+}
+
+/// A running weir.
+pub struct TestGateway {
+    gateway: Option<Gateway>,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+impl TestGateway {
+    /// Starts weir from a complete YAML configuration (listeners on `:0`).
+    pub async fn start(yaml: &str) -> TestGateway {
+        super::init_tracing();
+        let config =
+            Config::from_yaml(yaml).unwrap_or_else(|e| panic!("invalid test config: {e}\n{yaml}"));
+        let gateway = Gateway::start(config)
+            .await
+            .unwrap_or_else(|e| panic!("weir did not start: {e}"));
+        let addr = gateway
+            .listener_addrs()
+            .first()
+            .expect("at least one listener")
+            .1;
+        let admin = gateway.admin_addr();
+        TestGateway {
+            gateway: Some(gateway),
+            addr,
+            admin,
+        }
+    }
+
+    /// Starts weir from `BASE` followed by `rest`, with `{name}` placeholders
+    /// filled from `vars`.
+    pub async fn with(rest: &str, vars: &[(&str, &dyn Display)]) -> TestGateway {
+        Self::start(&fill(&format!("{BASE}{rest}"), vars)).await
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The listener named `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.gateway
+            .as_ref()
+            .and_then(|g| g.listener_addr(name))
+            .unwrap_or_else(|| panic!("no listener named {name}"))
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("the config has no admin listener")
+    }
+
+    /// GET an admin path.
+    pub async fn admin_get(&self, path: &str) -> client::TestResponse {
+        client::get(self.admin(), path).await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let resp = self.admin_get("/metrics").await;
+        assert_eq!(resp.status, 200);
+        resp.text()
+    }
+
+    /// Takes the gateway out, e.g. to shut it down from another task.
+    pub fn take(&mut self) -> Gateway {
+        self.gateway.take().expect("gateway already taken")
+    }
+
+    /// Graceful shutdown; true when everything drained in time.
+    pub async fn shutdown(mut self) -> bool {
+        self.take().shutdown().await
+    }
+}
