@@ -434,13 +434,13 @@ async fn graceful_shutdown_finishes_in_flight_request_and_refuses_new_connection
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reason: weir-config bug: without a `runtime:` section shutdown_grace is 0s, not the documented 10s (Config.runtime uses #[serde(default)] = derived Runtime::default(), which ignores default_shutdown_grace), so shutdown() stops waiting for in-flight requests at once"]
+
 async fn graceful_shutdown_uses_the_default_grace_without_a_runtime_section() {
     shutdown_mid_request("").await;
 }
 
 #[tokio::test]
-#[ignore = "reason: weir-config bug: two sockets on 127.0.0.1:0 are rejected as `address 127.0.0.1:0 is already used` although port 0 never conflicts (validate.rs listeners()/admin() compare SocketAddr including port 0)"]
+
 async fn listener_and_admin_may_both_bind_port_zero() {
     let gw = TestGateway::start(
         "listeners:

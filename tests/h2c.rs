@@ -109,7 +109,7 @@ async fn h2c_end_to_end_carries_50_concurrent_streams_on_one_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reason: weir bug: h2c pool race: concurrent requests that find no open HTTP/2 connection each open their own (20 concurrent cold requests opened ~18 upstream connections; forward.rs send() H2c branch get()/connect()/set() is not single-flight)"]
+
 async fn concurrent_requests_share_one_h2c_upstream_connection() {
     let up = Upstream::h2c()
         .latency(Duration::from_millis(100))

@@ -413,7 +413,7 @@ async fn forwards_x_forwarded_for_appended() {
 }
 
 #[tokio::test]
-#[ignore = "reason: weir bug: with two X-Forwarded-For lines only the first is kept (forward.rs append_forwarded_for reads headers.get() then insert())"]
+
 async fn x_forwarded_for_keeps_every_incoming_header_line() {
     let (_up, gw) = echo_gateway("").await;
     let e = send(
@@ -478,7 +478,7 @@ async fn absolute_form_request_uses_its_authority_as_host() {
 }
 
 #[tokio::test]
-#[ignore = "reason: weir bug: an HTTP/1.0 request without Host is forwarded as HTTP/1.1 with no Host header (RFC 9112 §3.2 requires one)"]
+
 async fn http10_request_without_host_reaches_upstream_with_a_host_header() {
     // weir speaks HTTP/1.1 upstream, where Host is mandatory (RFC 9112 §3.2).
     let (up, gw) = echo_gateway("").await;

@@ -58,7 +58,7 @@ pub struct Config {
 }
 
 /// Process-wide settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Runtime {
     /// Worker threads. Default: the number of CPUs.
@@ -67,6 +67,17 @@ pub struct Runtime {
     /// How long in-flight requests may run after SIGTERM/SIGINT. Default `10s`.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,
+}
+
+// Written out rather than derived: a derived Default would give a zero
+// grace when the whole `runtime:` block is absent.
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            threads: None,
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
 }
 
 fn default_shutdown_grace() -> Duration {

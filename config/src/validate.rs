@@ -94,7 +94,9 @@ impl Validator<'_> {
             self.unique_name(&base, &l.name, "listener", "listeners", &mut names, i);
             match parse_socket_addr(&l.address) {
                 Ok(addr) => {
-                    if let Some((j, _)) = addrs.iter().find(|(_, a)| *a == addr) {
+                    // Port 0 asks the OS for a fresh port each time: never a clash.
+                    if let Some((j, _)) = addrs.iter().find(|(_, a)| *a == addr && addr.port() != 0)
+                    {
                         self.error(
                             format!("{base}.address"),
                             format!("address {addr} is already used by listeners[{j}]"),
@@ -131,7 +133,10 @@ impl Validator<'_> {
         let Some(admin) = &config.admin else { return };
         match parse_socket_addr(&admin.address) {
             Ok(addr) => {
-                if let Some((i, _)) = listener_addrs.iter().find(|(_, a)| *a == addr) {
+                if let Some((i, _)) = listener_addrs
+                    .iter()
+                    .find(|(_, a)| *a == addr && addr.port() != 0)
+                {
                     self.error(
                         "admin.address",
                         format!("address {addr} is already used by listeners[{i}]; the admin API needs its own port"),

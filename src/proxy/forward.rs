@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use tokio::time::Instant;
 use weir_config::UpstreamProtocol;
 
@@ -99,6 +99,7 @@ pub fn prepare_request(
     protocol: UpstreamProtocol,
     client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
+    target: &str,
     request_id: &HeaderValue,
 ) -> Result<(), ProxyError> {
     let headers = &mut parts.headers;
@@ -133,9 +134,15 @@ pub fn prepare_request(
             // URI; an HTTP/1.1 target needs it in Host, and an absolute-form
             // authority overrides any Host header (RFC 9112 §3.2.2). An
             // origin-form request is sent as it came, Host untouched.
+            // A request without any host (HTTP/1.0) still needs one on
+            // HTTP/1.1 (RFC 9112 §3.2): name the target, as NGINX does.
             if parts.uri.authority().is_some() {
                 if let Some(h) = host {
                     parts.headers.insert(header::HOST, h.clone());
+                }
+            } else if host.is_none() {
+                if let Ok(h) = HeaderValue::from_str(target) {
+                    parts.headers.insert(header::HOST, h);
                 }
             }
             if rewritten.is_some() || parts.uri.authority().is_some() {
@@ -149,7 +156,7 @@ pub fn prepare_request(
         }
         UpstreamProtocol::H2c => {
             parts.version = Version::HTTP_2;
-            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or(target);
             let pq = match &rewritten {
                 Some(p) => p.as_str(),
                 None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -168,22 +175,22 @@ pub fn prepare_request(
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    let prev = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    let value = match prev {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client_ip.as_bytes());
-            match HeaderValue::from_bytes(&v) {
-                Ok(v) => v,
-                Err(_) => client_ip.clone(),
-            }
+    // Several X-Forwarded-For lines form one list (RFC 9110 §5.3): keep
+    // every hop already recorded, in order, then add ours.
+    let mut joined: Vec<u8> = Vec::new();
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        let prev = prev.as_bytes().trim_ascii();
+        if prev.is_empty() {
+            continue;
         }
-        _ => client_ip.clone(),
+        joined.extend_from_slice(prev);
+        joined.extend_from_slice(b", ");
+    }
+    let value = if joined.is_empty() {
+        client_ip.clone()
+    } else {
+        joined.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
     };
     headers.insert(X_FORWARDED_FOR.clone(), value);
 }
@@ -260,15 +267,7 @@ pub async fn send(
         UpstreamProtocol::H2c => {
             let mut sender = match target.http2.get() {
                 Some(s) => s,
-                None => match Box::pin(connect(set, target, connect_timeout, deadline)).await? {
-                    Connection::Http2(s) => {
-                        target.http2.set(s.clone());
-                        s
-                    }
-                    Connection::Http1(_) => {
-                        return Err(ProxyError::connect_failed("protocol mismatch"))
-                    }
-                },
+                None => Box::pin(connect_http2(set, target, connect_timeout, deadline)).await?,
             };
             match with_deadline(deadline, sender.send_request(req)).await {
                 None => Err(timeout_error(deadline)),
@@ -308,6 +307,29 @@ async fn connect_http1(
     match connect(set, target, connect_timeout, deadline).await? {
         Connection::Http1(s) => Ok(s),
         Connection::Http2(_) => Err(ProxyError::connect_failed("protocol mismatch")),
+    }
+}
+
+/// Opens the target's shared HTTP/2 connection. Concurrent first requests
+/// wait for one connect instead of each opening a connection of their own.
+async fn connect_http2(
+    set: &UpstreamSet,
+    target: &Target,
+    connect_timeout: Duration,
+    deadline: Option<Instant>,
+) -> Result<http2::SendRequest<OutboundBody>, ProxyError> {
+    let _connecting = with_deadline(deadline, target.http2.lock_connecting())
+        .await
+        .ok_or_else(|| timeout_error(deadline))?;
+    if let Some(s) = target.http2.get() {
+        return Ok(s);
+    }
+    match connect(set, target, connect_timeout, deadline).await? {
+        Connection::Http2(s) => {
+            target.http2.set(s.clone());
+            Ok(s)
+        }
+        Connection::Http1(_) => Err(ProxyError::connect_failed("protocol mismatch")),
     }
 }
 

@@ -153,6 +153,7 @@ async fn forward(
         set.protocol,
         &done.ctx.client_ip,
         host.as_ref(),
+        &target.address,
         &request_id,
     ) {
         return local_error(e, &request_id, done);

@@ -92,12 +92,14 @@ impl<B> Http1Pool<B> {
 #[derive(Debug)]
 pub struct Http2Pool<B> {
     conn: Mutex<Option<http2::SendRequest<B>>>,
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl<B> Default for Http2Pool<B> {
     fn default() -> Self {
         Http2Pool {
             conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -107,6 +109,12 @@ impl<B> Http2Pool<B> {
     pub fn get(&self) -> Option<http2::SendRequest<B>> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Held while opening the shared connection, so that only one request
+    /// opens it while the others wait for it.
+    pub async fn lock_connecting(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.connecting.lock().await
     }
 
     /// Installs a newly opened connection as the shared one.

@@ -10,17 +10,12 @@ use super::client;
 
 /// Listener (HTTP/1.1 only) and admin on ephemeral ports; append `routes:` and
 /// `upstreams:` to it.
-///
-/// The admin listener is on 127.0.0.2 because weir-config rejects two sockets
-/// on `127.0.0.1:0` as "already used" although port 0 never conflicts (see the
-/// ignored test `admin_metrics::listener_and_admin_may_both_bind_port_zero`).
-/// Linux routes all of 127.0.0.0/8 to loopback.
 pub const BASE: &str = "\
 listeners:
   - name: main
     address: 127.0.0.1:0
 admin:
-  address: 127.0.0.2:0
+  address: 127.0.0.1:0
 ";
 
 /// Replaces each `{name}` in `template` with its value.
