@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -95,7 +95,7 @@ impl Gateway {
             })?;
             tracing::info!(listener = %l.name, address = %addr, "listening");
             listeners.push((l.name.clone(), addr));
-            let builder = Arc::new(http_builder(&l.protocols));
+            let builder = Arc::new(ConnBuilders::new(&l.protocols));
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
                 builder,
@@ -201,24 +201,66 @@ fn bind(name: &str, address: &str) -> Result<TcpListener, ServerError> {
     TcpListener::from_std(socket.into()).map_err(err)
 }
 
-fn http_builder(protocols: &[ListenerProtocol]) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(15));
-    b.http2().timer(TokioTimer::new());
-    let h1 = protocols.contains(&ListenerProtocol::Http1);
-    let h2 = protocols.contains(&ListenerProtocol::H2c);
-    match (h1, h2) {
-        (true, false) => b.http1_only(),
-        (false, true) => b.http2_only(),
-        _ => b,
+/// How long a new connection may take to show which HTTP version it speaks.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(15);
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The connection builders of one listener: one per protocol it speaks.
+struct ConnBuilders {
+    h1: Option<http1::Builder>,
+    h2: Option<http2::Builder<TokioExecutor>>,
+}
+
+impl ConnBuilders {
+    fn new(protocols: &[ListenerProtocol]) -> Self {
+        let h1 = protocols.contains(&ListenerProtocol::Http1).then(|| {
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(15));
+            b
+        });
+        let h2 = protocols.contains(&ListenerProtocol::H2c).then(|| {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new());
+            b
+        });
+        ConnBuilders { h1, h2 }
+    }
+}
+
+/// Which protocol a connection speaks, from its first bytes.
+enum Sniffed {
+    Http1,
+    Http2,
+    Gone,
+}
+
+/// Peeks (without consuming) until the bytes either diverge from the HTTP/2
+/// preface (HTTP/1.x: almost always at the first byte) or complete it. Doing
+/// this once per connection lets both protocols run on the plain socket,
+/// with no rewind wrapper on every read.
+async fn sniff(stream: &TcpStream) -> Sniffed {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return Sniffed::Gone,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Sniffed::Http1;
+        }
+        if n == H2_PREFACE.len() {
+            return Sniffed::Http2;
+        }
+        // A preface split across packets: peek again shortly.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<ConnBuilders>,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
@@ -230,7 +272,16 @@ async fn accept_loop(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => serve_connection(stream, peer, &builder, &state, &graceful),
+            Ok((stream, peer)) => {
+                let task = serve_connection(
+                    stream,
+                    peer,
+                    builders.clone(),
+                    state.clone(),
+                    graceful.watcher(),
+                );
+                tokio::spawn(task);
+            }
             Err(e) => {
                 // Typically EMFILE/ENFILE: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -240,27 +291,33 @@ async fn accept_loop(
     }
 }
 
-fn serve_connection(
+async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    state: &Arc<State>,
-    graceful: &GracefulShutdown,
+    builders: Arc<ConnBuilders>,
+    state: Arc<State>,
+    watcher: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
-    let guard = state.metrics.downstream_connection();
-    let ctx = Arc::new(ConnCtx::new(state.clone(), peer));
+    let _guard = state.metrics.downstream_connection();
+    let protocol = match (&builders.h1, &builders.h2) {
+        (Some(_), None) => Sniffed::Http1,
+        (None, Some(_)) => Sniffed::Http2,
+        _ => tokio::time::timeout(SNIFF_TIMEOUT, sniff(&stream))
+            .await
+            .unwrap_or(Sniffed::Gone),
+    };
+    let ctx = Arc::new(ConnCtx::new(state, peer));
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
-        }
-        drop(guard);
-    });
+    let io = TokioIo::new(stream);
+    let result = match (protocol, &builders.h1, &builders.h2) {
+        (Sniffed::Http1, Some(b), _) => watcher.watch(b.serve_connection(io, service)).await,
+        (Sniffed::Http2, _, Some(b)) => watcher.watch(b.serve_connection(io, service)).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
 }
 
 /// Runs a gateway until SIGTERM or SIGINT, then shuts down gracefully.

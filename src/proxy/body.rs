@@ -8,16 +8,14 @@
 //! (finished, client gone, upstream reset, deadline) is accounted exactly once.
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::complete::Completion;
+use super::deadline::Deadline;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
-
-use super::complete::Completion;
 
 /// Why a streamed response body was cut short.
 #[derive(Debug)]
@@ -47,10 +45,8 @@ enum Inner {
 /// The body of every response weir sends.
 pub struct ResponseBody {
     inner: Inner,
-    deadline: Option<Instant>,
-    // Created only when the body first has to wait, so a response that
-    // arrives whole never allocates a timer.
-    timer: Option<Pin<Box<Sleep>>>,
+    // Carries the timer the earlier stages may already have armed.
+    deadline: Option<Deadline>,
     bytes: u64,
     ended: bool,
     error: Option<&'static str>,
@@ -77,7 +73,7 @@ impl ResponseBody {
     }
 
     /// The target's body, streamed, cut at `deadline`.
-    pub fn upstream(body: Incoming, deadline: Option<Instant>) -> Self {
+    pub fn upstream(body: Incoming, deadline: Option<Deadline>) -> Self {
         let mut b = Self::new(Inner::Upstream(body));
         b.deadline = deadline;
         b
@@ -87,7 +83,6 @@ impl ResponseBody {
         ResponseBody {
             inner,
             deadline: None,
-            timer: None,
             bytes: 0,
             ended: false,
             error: None,
@@ -137,11 +132,8 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
                 Poll::Pending => {
-                    if let Some(deadline) = this.deadline {
-                        let timer = this
-                            .timer
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                        if timer.as_mut().poll(cx).is_ready() {
+                    if let Some(deadline) = this.deadline.as_mut() {
+                        if deadline.poll_expired(cx) {
                             this.error = Some("upstream_timeout");
                             return Poll::Ready(Some(Err(BodyError::Timeout)));
                         }

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::deadline::{within, Deadline};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use tokio::time::Instant;
 use weir_config::UpstreamProtocol;
 
 use super::conn::ConnCtx;
@@ -229,7 +229,7 @@ pub async fn send(
     target: &Arc<Target>,
     mut req: Request<OutboundBody>,
     connect_timeout: Duration,
-    deadline: Option<Instant>,
+    deadline: &mut Option<Deadline>,
 ) -> Result<Exchange, ProxyError> {
     match set.protocol {
         UpstreamProtocol::Http1 => {
@@ -242,8 +242,8 @@ pub async fn send(
                 }
             };
             loop {
-                match with_deadline(deadline, sender.try_send_request(req)).await {
-                    None => return Err(timeout_error(deadline)),
+                match within(deadline, sender.try_send_request(req)).await {
+                    None => return Err(timeout_error()),
                     Some(Ok(response)) => {
                         return Ok(Exchange {
                             response,
@@ -269,8 +269,8 @@ pub async fn send(
                 Some(s) => s,
                 None => Box::pin(connect_http2(set, target, connect_timeout, deadline)).await?,
             };
-            match with_deadline(deadline, sender.send_request(req)).await {
-                None => Err(timeout_error(deadline)),
+            match within(deadline, sender.send_request(req)).await {
+                None => Err(timeout_error()),
                 Some(Ok(response)) => Ok(Exchange {
                     response,
                     conn: None,
@@ -302,7 +302,7 @@ async fn connect_http1(
     set: &UpstreamSet,
     target: &Target,
     connect_timeout: Duration,
-    deadline: Option<Instant>,
+    deadline: &mut Option<Deadline>,
 ) -> Result<http1::SendRequest<OutboundBody>, ProxyError> {
     match connect(set, target, connect_timeout, deadline).await? {
         Connection::Http1(s) => Ok(s),
@@ -316,11 +316,11 @@ async fn connect_http2(
     set: &UpstreamSet,
     target: &Target,
     connect_timeout: Duration,
-    deadline: Option<Instant>,
+    deadline: &mut Option<Deadline>,
 ) -> Result<http2::SendRequest<OutboundBody>, ProxyError> {
-    let _connecting = with_deadline(deadline, target.http2.lock_connecting())
+    let _connecting = within(deadline, target.http2.lock_connecting())
         .await
-        .ok_or_else(|| timeout_error(deadline))?;
+        .ok_or_else(|| timeout_error())?;
     if let Some(s) = target.http2.get() {
         return Ok(s);
     }
@@ -337,11 +337,11 @@ async fn connect(
     set: &UpstreamSet,
     target: &Target,
     connect_timeout: Duration,
-    deadline: Option<Instant>,
+    deadline: &mut Option<Deadline>,
 ) -> Result<Connection, ProxyError> {
     let fut = set.connect(target, connect_timeout);
-    match with_deadline(deadline, fut).await {
-        None => Err(timeout_error(deadline)),
+    match within(deadline, fut).await {
+        None => Err(timeout_error()),
         Some(Ok(c)) => Ok(c),
         Some(Err(e @ ConnectError::Unresolved(_))) => {
             Err(ProxyError::no_healthy_upstream_detail(e.to_string()))
@@ -350,17 +350,7 @@ async fn connect(
     }
 }
 
-async fn with_deadline<F: std::future::Future>(
-    deadline: Option<Instant>,
-    fut: F,
-) -> Option<F::Output> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
-        None => Some(fut.await),
-    }
-}
-
-fn timeout_error(_deadline: Option<Instant>) -> ProxyError {
+fn timeout_error() -> ProxyError {
     ProxyError::timeout("the route's request deadline passed before the upstream answered")
 }
 

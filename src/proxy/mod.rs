@@ -8,6 +8,7 @@
 mod body;
 mod complete;
 mod conn;
+mod deadline;
 mod error;
 mod forward;
 mod respond;
@@ -30,6 +31,7 @@ pub use error::{ProxyError, Source};
 use crate::router::{CompiledRoute, RouteAction};
 use crate::upstream::{hash_key, OutboundBody, UpstreamSet};
 use complete::{Completion, LogFields, UpstreamUse};
+use deadline::Deadline;
 use forward::X_REQUEST_ID;
 
 /// Handles one request from a client connection. Never fails: every error
@@ -144,9 +146,9 @@ async fn forward(
         elapsed: Default::default(),
     });
 
-    let deadline = route
+    let mut deadline = route
         .request_timeout
-        .map(|t| tokio::time::Instant::from_std(done.start) + t);
+        .map(|t| Deadline::new(tokio::time::Instant::from_std(done.start) + t));
     if let Err(e) = forward::prepare_request(
         &mut parts,
         route,
@@ -165,7 +167,16 @@ async fn forward(
     let req = Request::from_parts(parts, OutboundBody::Stream(body, counter));
     let sent = Instant::now();
     let ctx = done.ctx.clone();
-    match forward::send(&ctx, set, &target, req, route.connect_timeout, deadline).await {
+    match forward::send(
+        &ctx,
+        set,
+        &target,
+        req,
+        route.connect_timeout,
+        &mut deadline,
+    )
+    .await
+    {
         Ok(exchange) => {
             let elapsed = sent.elapsed();
             set.metrics.response_duration.observe(elapsed);
