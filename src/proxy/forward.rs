@@ -320,7 +320,7 @@ async fn connect_http2(
 ) -> Result<http2::SendRequest<OutboundBody>, ProxyError> {
     let _connecting = within(deadline, target.http2.lock_connecting())
         .await
-        .ok_or_else(|| timeout_error())?;
+        .ok_or_else(timeout_error)?;
     if let Some(s) = target.http2.get() {
         return Ok(s);
     }
