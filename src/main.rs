@@ -1,9 +1,60 @@
 //! The `weir` binary: parse the command line and hand over to `weir::cli`.
 
-use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
+
+use libmimalloc_sys as mi;
+
+/// mimalloc, called the way its fast paths expect. The `mimalloc` crate routes
+/// every allocation through `mi_malloc_aligned`, whose generic path costs
+/// several times `mi_malloc` for the large, byte-aligned buffers hyper
+/// allocates on every request; plain `mi_malloc` already guarantees 16-byte
+/// alignment, so only stricter layouts need the aligned entry points.
+struct Allocator;
+
+/// Alignment `mi_malloc` guarantees (MI_MAX_ALIGN_SIZE).
+const MI_MAX_ALIGN: usize = 16;
+
+// SAFETY: each method forwards to the matching mimalloc function, which
+// returns memory of at least `layout.size()` bytes aligned to
+// `layout.align()` (guaranteed by mi_malloc up to 16 bytes, and by the
+// aligned variants beyond), or null on failure, as GlobalAlloc requires.
+unsafe impl GlobalAlloc for Allocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= MI_MAX_ALIGN {
+            unsafe { mi::mi_malloc(layout.size()) as *mut u8 }
+        } else {
+            unsafe { mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8 }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= MI_MAX_ALIGN {
+            unsafe { mi::mi_zalloc(layout.size()) as *mut u8 }
+        } else {
+            unsafe { mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8 }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        unsafe { mi::mi_free(ptr as *mut c_void) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= MI_MAX_ALIGN {
+            unsafe { mi::mi_realloc(ptr as *mut c_void, new_size) as *mut u8 }
+        } else {
+            unsafe { mi::mi_realloc_aligned(ptr as *mut c_void, new_size, layout.align()) as *mut u8 }
+        }
+    }
+}
 
 #[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
+static GLOBAL: Allocator = Allocator;
 
 fn main() -> std::process::ExitCode {
     weir::cli::main()
