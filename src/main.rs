@@ -56,6 +56,39 @@ unsafe impl GlobalAlloc for Allocator {
 #[global_allocator]
 static GLOBAL: Allocator = Allocator;
 
+// mimalloc's option ids (mimalloc.h, v2), set before the first allocation
+// that matters. By default mimalloc commits whole segments and arenas up
+// front and keeps freed pages for 10 ms; a proxy with hundreds of
+// connections whose buffers come and go then holds about twice the memory
+// it uses. Committing on demand and purging at once measured a third lower
+// peak at 256 connections, at no CPU cost we could separate from noise.
+const MI_OPTION_EAGER_COMMIT: i32 = 3;
+const MI_OPTION_ARENA_EAGER_COMMIT: i32 = 4;
+const MI_OPTION_PURGE_DELAY: i32 = 15;
+
+extern "C" {
+    fn mi_option_set(option: i32, value: std::ffi::c_long);
+}
+
+// The commit options only take effect if set before mimalloc reserves its
+// first arena, which happens before `main` (the runtime allocates), so they
+// are set from an early ELF constructor: `.init_array` entries with a lower
+// priority number run first, before mimalloc's own (default priority).
+#[used]
+#[link_section = ".init_array.00100"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
+
+extern "C" fn configure_allocator() {
+    // SAFETY: mi_option_set only stores a value in mimalloc's static option
+    // table, which needs no initialisation; the ids are those of the bundled
+    // mimalloc version.
+    unsafe {
+        mi_option_set(MI_OPTION_EAGER_COMMIT, 0);
+        mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     weir::cli::main()
 }
