@@ -216,6 +216,7 @@ impl ConnBuilders {
     fn new(protocols: &[ListenerProtocol]) -> Self {
         let h1 = protocols.contains(&ListenerProtocol::Http1).then(|| {
             let mut b = http1::Builder::new();
+            b.writev(false);
             b.timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(15));
             b

@@ -257,6 +257,7 @@ impl Target {
         match protocol {
             UpstreamProtocol::Http1 => {
                 let (sender, conn) = http1::Builder::new()
+                    .writev(false)
                     .handshake(io)
                     .await
                     .map_err(|source| ConnectError::Handshake { addr, source })?;
