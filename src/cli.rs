@@ -155,7 +155,7 @@ pub fn summary(path: &Path, c: &Config) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "  {:<16} {:?} {:?} {}",
+            "  {:<16} {} {} {}",
             u.name,
             u.load_balancing,
             u.protocol,

@@ -53,6 +53,7 @@ pub struct Gateway {
     listeners: Vec<(String, SocketAddr)>,
     admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
     accept_tasks: Vec<JoinHandle<()>>,
     graceful: Arc<GracefulShutdown>,
     grace: Duration,
@@ -83,6 +84,7 @@ impl Gateway {
         tokio::spawn(upstream::maintain(maintained));
 
         let (stop, stop_rx) = watch::channel(false);
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
         let graceful = Arc::new(GracefulShutdown::new());
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -113,7 +115,9 @@ impl Gateway {
                     source,
                 })?;
                 tracing::info!(address = %addr, "admin listening");
-                tokio::spawn(admin::serve(listener, state.clone(), stop_rx.clone()));
+                // The admin API outlives the drain (probes must see /ready
+                // turn 503, not a refused connection) and stops after it.
+                tokio::spawn(admin::serve(listener, state.clone(), admin_stop_rx.clone()));
                 Some(addr)
             }
             None => None,
@@ -124,6 +128,7 @@ impl Gateway {
             listeners,
             admin,
             stop,
+            admin_stop,
             accept_tasks,
             graceful,
             grace,
@@ -171,6 +176,7 @@ impl Gateway {
         if !drained {
             tracing::warn!("shutdown grace elapsed with requests still in flight");
         }
+        let _ = self.admin_stop.send(true);
         drained
     }
 }
@@ -340,9 +346,22 @@ async fn wait_for_signal() {
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    // SIGHUP's default action would kill the process; until live reload
+    // exists it is acknowledged and ignored.
+    let mut hup = signal(SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!("SIGHUP received: live configuration reload is not supported yet; restart weir to apply changes");
+            }
+        }
     }
 }
 

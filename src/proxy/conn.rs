@@ -57,7 +57,8 @@ impl ConnCtx {
     /// the slot is free (the common, sequential HTTP/1.1 case), otherwise
     /// pooled (concurrent HTTP/2 streams on one client connection).
     pub fn give_back(&self, target: &Arc<Target>, sender: http1::SendRequest<OutboundBody>) {
-        if sender.is_closed() {
+        // max_idle 0 means no reuse at all, cached or pooled.
+        if sender.is_closed() || target.http1.max_idle() == 0 {
             return;
         }
         let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());

@@ -55,28 +55,34 @@ pub async fn handle(
         error: None,
         log: None,
     };
-    let host = match request_host(&parts) {
-        Ok(h) => h,
-        Err(e) => {
-            ctx.state.metrics.rejected("bad_request");
-            return Ok(local_error(e, &request_id, done));
-        }
-    };
+    let host = request_host(&parts);
     if ctx.state.access_log.is_some() {
+        // Filled before any check, so that rejected requests are logged too.
+        let host_text = match &host {
+            Ok(Some(h)) => h.to_str().unwrap_or(""),
+            _ => parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(""),
+        };
         done.log = Some(Box::new(LogFields {
             time: SystemTime::now(),
             request_id: request_id.to_str().unwrap_or("").to_owned(),
-            host: host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
+            host: host_text.to_owned(),
             path: parts.uri.path().to_owned(),
             protocol: protocol_name(parts.version),
             bytes_in: None,
             upstream: None,
         }));
     }
+    let host = match host {
+        Ok(h) => h,
+        Err(e) => {
+            ctx.state.metrics.rejected("bad_request");
+            return Ok(local_error(e, &request_id, done));
+        }
+    };
     if parts.method == Method::CONNECT {
         return Ok(local_error(
             ProxyError::not_implemented("CONNECT is not proxied"),

@@ -158,7 +158,7 @@ impl UpstreamSet {
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "name": &*self.name,
-            "protocol": match self.protocol { UpstreamProtocol::Http1 => "http1", UpstreamProtocol::H2c => "h2c" },
+            "protocol": self.protocol.as_str(),
             "targets": self.targets.iter().map(|t| serde_json::json!({
                 "address": &*t.address,
                 "resolved": t.addr().map(|a| a.to_string()),
