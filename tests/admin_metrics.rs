@@ -269,6 +269,41 @@ async fn routes_endpoint_lists_routes_in_precedence_order() {
     );
 }
 
+/// `API` with the access log written to `log`.
+async fn logged_gateway(up: &Upstream, log: &TempPath) -> TestGateway {
+    TestGateway::with(
+        &format!(
+            "access_log:\n  enabled: true\n  path: \"{}\"\n{API}",
+            log.as_str()
+        ),
+        &[("up", &up.addr()), ("refused", &closed_port())],
+    )
+    .await
+}
+
+/// Waits until the access log at `log` holds at least `want` lines and
+/// returns every line, parsed.
+async fn access_log_lines(log: &TempPath, want: usize) -> Vec<serde_json::Value> {
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    eventually(IO_TIMEOUT, &format!("{want} access log lines"), || {
+        let text = std::fs::read_to_string(&log.0).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}")))
+            .collect();
+        std::future::ready(lines.len() >= want)
+    })
+    .await;
+    lines
+}
+
+/// The one line of `lines` for request `id`.
+fn line_for(lines: &[serde_json::Value], id: &str) -> serde_json::Value {
+    let found: Vec<&serde_json::Value> = lines.iter().filter(|l| l["request_id"] == id).collect();
+    assert_eq!(found.len(), 1, "lines for {id}: {lines:#?}");
+    found[0].clone()
+}
+
 #[tokio::test]
 async fn access_log_writes_one_json_line_per_request() {
     let log = TempPath::new("access");
@@ -276,14 +311,7 @@ async fn access_log_writes_one_json_line_per_request() {
         .route("/api/cut", Reply::truncate(100_000, 1_000))
         .spawn()
         .await;
-    let gw = TestGateway::with(
-        &format!(
-            "access_log:\n  enabled: true\n  path: \"{}\"\n{API}",
-            log.as_str()
-        ),
-        &[("up", &up.addr()), ("refused", &closed_port())],
-    )
-    .await;
+    let gw = logged_gateway(&up, &log).await;
     let mut c = H1Client::connect(gw.addr()).await;
     let ok = c
         .request(
@@ -307,24 +335,9 @@ async fn access_log_writes_one_json_line_per_request() {
         .await
         .is_err());
 
-    let mut lines: Vec<serde_json::Value> = Vec::new();
-    eventually(IO_TIMEOUT, "4 access log lines", || {
-        let text = std::fs::read_to_string(&log.0).unwrap_or_default();
-        lines = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}")))
-            .collect();
-        std::future::ready(lines.len() >= 4)
-    })
-    .await;
+    let lines = access_log_lines(&log, 4).await;
     assert_eq!(lines.len(), 4, "{lines:#?}");
-    let by_id = |id: &str| {
-        lines
-            .iter()
-            .find(|l| l["request_id"] == id)
-            .unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"))
-            .clone()
-    };
+    let by_id = |id: &str| line_for(&lines, id);
 
     let l = by_id(ok.header("x-request-id").unwrap());
     for field in [
@@ -380,6 +393,52 @@ async fn access_log_writes_one_json_line_per_request() {
     let l = by_id(&cut_id);
     assert_eq!(l["status"], 200);
     assert_eq!(l["error_code"], "upstream_reset");
+}
+
+#[tokio::test]
+async fn access_log_writes_a_line_for_requests_rejected_for_their_host_header() {
+    let log = TempPath::new("access-rejected");
+    let up = Upstream::echo().await;
+    let gw = logged_gateway(&up, &log).await;
+
+    // Rejected before routing: no Host at all, then two of them (raw TCP,
+    // since hyper's client would not send either).
+    let mut ids = Vec::new();
+    for (path, request) in [
+        ("/api/no-host", &b"GET /api/no-host HTTP/1.1\r\n\r\n"[..]),
+        (
+            "/api/two-hosts",
+            &b"GET /api/two-hosts HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"[..],
+        ),
+    ] {
+        let mut raw = RawConn::connect(gw.addr()).await;
+        raw.write(request).await;
+        let resp = raw.read_response(false).await;
+        assert_eq!(resp.status, 400, "{path}: {}", resp.text());
+        assert_eq!(
+            resp.json()["code"],
+            "bad_request",
+            "{path}: {}",
+            resp.text()
+        );
+        let id = resp
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("{path}: no x-request-id"))
+            .to_owned();
+        ids.push((path, id));
+    }
+    assert_eq!(up.request_count(), 0, "a rejected request was forwarded");
+
+    let lines = access_log_lines(&log, ids.len()).await;
+    assert_eq!(lines.len(), ids.len(), "{lines:#?}");
+    for (path, id) in &ids {
+        let l = line_for(&lines, id);
+        assert_eq!(l["status"], 400, "{l}");
+        assert_eq!(l["error_code"], "bad_request", "{l}");
+        assert_eq!(l["path"], *path, "{l}");
+        assert_eq!(l["method"], "GET", "{l}");
+        assert_eq!(l["route"], "", "{l}");
+    }
 }
 
 /// Starts a request to a 1 s upstream, shuts weir down while it is in

@@ -1,19 +1,47 @@
 //! The `weir` binary as an operator meets it: `check`, `version`, `--help`,
-//! `run` refusing a bad file, and a graceful drain on SIGTERM. Every test
+//! `run` refusing a bad file, a graceful drain on SIGTERM and SIGHUP being
+//! ignored. Every test
 //! runs the built binary as a child process; every wait has a deadline, and
 //! children are killed on drop so a failing test leaves nothing behind.
 
 mod cli_support;
 
 use std::io::ErrorKind;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cli_support::{
-    eventually, line_of, repo_file, run, weir, Gateway, RawClient, TempConfig, Upstream,
+    eventually, line_of, repo_file, run, weir, Gateway, RawClient, RawResponse, TempConfig,
+    Upstream,
 };
+
+/// Sends `kill -<sig>` to the gateway process.
+fn send_signal(gw: &Gateway, sig: &str) {
+    let pid = gw.child.id().to_string();
+    let sent = Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{sig} {pid} failed");
+}
+
+/// `GET /ready` on a fresh connection to the admin listener; fails the test
+/// when the connection is refused or the request fails.
+fn ready_on_a_new_connection(gw: &Gateway, admin: SocketAddr) -> RawResponse {
+    let mut conn = RawClient::connect(admin, Duration::from_secs(5)).unwrap_or_else(|e| {
+        panic!(
+            "the admin listener refused a new connection: {e}; log:\n{}",
+            gw.log()
+        )
+    });
+    let ready = conn
+        .get("/ready")
+        .unwrap_or_else(|e| panic!("GET /ready failed: {e}; log:\n{}", gw.log()));
+    conn.close();
+    ready
+}
 
 /// True when weir's log shows it started serving (it logs `starting weir`
 /// once the config is valid, and a `listening` line per bound socket).
@@ -52,6 +80,58 @@ fn check_accepts_the_quickstart_and_prints_a_summary() {
         "check started serving:\n{}",
         out.stderr
     );
+}
+
+#[test]
+fn check_summary_names_balancing_and_protocol_as_in_the_config() {
+    let text = "\
+listeners:
+  - name: public
+    address: 127.0.0.1:8080
+routes:
+  - name: all
+    match: { path_prefix: / }
+    upstream: fast
+upstreams:
+  - name: fast
+    load_balancing: least_request
+    protocol: h2c
+    targets:
+      - address: 127.0.0.1:9151
+  - name: plain
+    targets:
+      - address: 127.0.0.1:9152
+";
+    let file = TempConfig::new("summary-names", text);
+    let mut cmd = weir();
+    cmd.args(["check", "--config"]).arg(file.path());
+    let out = run(cmd);
+    assert_eq!(out.code(), 0, "stderr:\n{}", out.stderr);
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && l.contains("127.0.0.1:915"))
+            .unwrap_or_else(|| panic!("no upstream line for {name}:\n{}", out.stdout))
+            .to_owned()
+    };
+    let fast = line("fast");
+    assert!(
+        fast.contains(" least_request ") && fast.contains(" h2c "),
+        "{fast:?}"
+    );
+    // The defaults, spelled as in the config too.
+    let plain = line("plain");
+    assert!(
+        plain.contains(" round_robin ") && plain.contains(" http1 "),
+        "{plain:?}"
+    );
+    for debug_name in ["LeastRequest", "H2c", "RoundRobin", "Http1"] {
+        assert!(
+            !out.stdout.contains(debug_name),
+            "summary shows the Rust name {debug_name}:\n{}",
+            out.stdout
+        );
+    }
 }
 
 #[test]
@@ -289,11 +369,7 @@ upstreams:
     });
     let admin = gw.wait_for_address("admin", |l| l.contains("admin listening"));
 
-    // A kept-alive admin connection: it outlives the admin listener, so it
-    // can still ask /ready once the drain has begun.
-    let mut admin_conn =
-        RawClient::connect(admin, Duration::from_secs(5)).expect("connect to admin");
-    let ready = admin_conn.get("/ready").expect("GET /ready");
+    let ready = ready_on_a_new_connection(&gw, admin);
     assert_eq!(ready.status, 200, "before SIGTERM: {ready:?}");
 
     let in_flight = thread::spawn(move || {
@@ -308,19 +384,15 @@ upstreams:
         gw.log()
     );
 
-    let pid = gw.child.id().to_string();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -TERM {pid} failed");
+    send_signal(&gw, "TERM");
     let signalled = Instant::now();
 
-    // During the drain: /ready says 503 on the open admin connection, and the
-    // public listener refuses new connections, while the slow request is
-    // still being served.
+    // During the drain: the admin listener still accepts new connections and
+    // /ready says 503 on them (a probe must see "not ready", not a refused
+    // connection), while the public listener refuses new connections and
+    // the slow request is still being served.
     let draining = eventually(Duration::from_secs(5), || {
-        let r = admin_conn.get("/ready").ok()?;
+        let r = ready_on_a_new_connection(&gw, admin);
         (r.status == 503).then_some(r)
     });
     let draining = draining.unwrap_or_else(|| panic!("/ready never said 503; log:\n{}", gw.log()));
@@ -336,12 +408,14 @@ upstreams:
         listener_closed.is_some(),
         "the listener still accepted connections during the drain"
     );
+    // Still up once the public listener has closed.
+    let ready = ready_on_a_new_connection(&gw, admin);
+    assert_eq!(ready.status, 503, "mid-drain: {ready:?}");
     assert!(
         !in_flight.is_finished(),
         "the slow request ended before the upstream was released; log:\n{}",
         gw.log()
     );
-    admin_conn.close();
     upstream.release();
 
     let response = in_flight
@@ -365,4 +439,72 @@ upstreams:
         "log:\n{}",
         gw.log()
     );
+}
+
+#[test]
+fn sighup_is_logged_and_ignored_then_sigterm_still_exits_zero() {
+    // One thread: weir installs its signal handlers before that thread
+    // serves anything, so a served request proves they are in place.
+    let text = "\
+runtime:
+  threads: 1
+  shutdown_grace: 5s
+listeners:
+  - name: public
+    address: 127.0.0.1:0
+routes:
+  - name: hi
+    direct_response: { status: 200, body: \"hi\\n\" }
+";
+    let file = TempConfig::new("sighup", text);
+    let mut gw = Gateway::start(file.path());
+    let public = gw.wait_for_address("listener", |l| {
+        l.contains("listening") && l.contains("public")
+    });
+    let get_hi = |gw: &Gateway| {
+        let mut client = RawClient::connect(public, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", gw.log()));
+        let resp = client
+            .get("/")
+            .unwrap_or_else(|e| panic!("GET /: {e}; log:\n{}", gw.log()));
+        client.close();
+        resp
+    };
+    assert_eq!(get_hi(&gw).status, 200);
+
+    send_signal(&gw, "HUP");
+    let logged = eventually(Duration::from_secs(10), || {
+        if gw.log().contains("SIGHUP received") {
+            return Some(true);
+        }
+        // Killed by the signal: stop waiting for a line that cannot come.
+        gw.child.0.try_wait().ok().flatten().map(|_| false)
+    });
+    assert_eq!(
+        logged,
+        Some(true),
+        "no \"SIGHUP received\" warning (exit status {:?}); log:\n{}",
+        gw.child.0.try_wait().ok().flatten(),
+        gw.log()
+    );
+    let resp = get_hi(&gw);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.body, "hi\n");
+    assert!(
+        gw.child.0.try_wait().expect("try_wait").is_none(),
+        "weir exited after SIGHUP; log:\n{}",
+        gw.log()
+    );
+    assert!(
+        !gw.log().contains("shutdown signal received"),
+        "SIGHUP started a shutdown; log:\n{}",
+        gw.log()
+    );
+
+    send_signal(&gw, "TERM");
+    let status = gw
+        .child
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("weir did not exit after SIGTERM; log:\n{}", gw.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", gw.log());
 }

@@ -608,6 +608,35 @@ async fn sequential_requests_on_one_client_connection_reuse_one_upstream_connect
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_idle_zero_opens_a_new_upstream_connection_for_every_request() {
+    let up = Upstream::echo().await;
+    let gw = TestGateway::with(
+        "routes:
+  - name: all
+    match: { path_prefix: / }
+    upstream: up
+upstreams:
+  - name: up
+    keepalive: { max_idle: 0 }
+    targets:
+      - address: \"{up}\"
+",
+        &[("up", &up.addr())],
+    )
+    .await;
+    // One client connection, kept alive throughout: reuse towards the
+    // upstream must not happen even within it.
+    let mut c = H1Client::connect(gw.addr()).await;
+    for i in 0..5 {
+        let resp = c.get(&format!("/echo/{i}")).await;
+        assert_eq!(resp.echoed().path, format!("/echo/{i}"));
+        assert!(!c.is_closed(), "weir closed the client connection");
+    }
+    assert_eq!(up.request_count(), 5);
+    assert_eq!(up.connections(), 5, "upstream connections opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_open_at_most_one_upstream_connection_each() {
     let (up, gw) = echo_gateway("").await;
     let addr = gw.addr();
