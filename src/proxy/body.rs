@@ -162,6 +162,9 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(c) = self.completion.take() {
+            if let Some(timer) = self.deadline.take().and_then(Deadline::into_timer) {
+                c.ctx.recycle_timer(timer);
+            }
             let complete = self.error.is_none() && (self.ended || self.is_end_stream());
             c.finish(self.bytes, complete, self.error);
         }

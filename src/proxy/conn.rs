@@ -5,10 +5,12 @@
 //! client connection closes, the cached connection returns to the pool.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 use hyper::client::conn::http1;
+use tokio::time::Sleep;
 
 use crate::state::State;
 use crate::upstream::{OutboundBody, Target};
@@ -24,6 +26,7 @@ pub struct ConnCtx {
     /// `X-Forwarded-For`.
     pub client_ip: HeaderValue,
     cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl ConnCtx {
@@ -36,6 +39,7 @@ impl ConnCtx {
             client,
             client_ip,
             cached: Mutex::new(None),
+            timer: Mutex::new(None),
         }
     }
 
@@ -67,6 +71,21 @@ impl ConnCtx {
         } else {
             drop(slot);
             target.http1.checkin(sender);
+        }
+    }
+}
+
+impl ConnCtx {
+    /// A deadline timer left by an earlier request on this connection.
+    pub fn take_timer(&self) -> Option<Pin<Box<Sleep>>> {
+        self.timer.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Keeps a request's deadline timer for the next request.
+    pub fn recycle_timer(&self, timer: Pin<Box<Sleep>>) {
+        let mut slot = self.timer.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(timer);
         }
     }
 }

@@ -45,14 +45,34 @@ fn hop_by_hop_bit(name: &str) -> u8 {
     }
 }
 
-/// Removes hop-by-hop headers. One pass over the (few) names notes which
-/// are present, so only those pay for a hashing removal; a bare
-/// `Connection: keep-alive`, the common case, costs one removal.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u8;
+/// Bit set by `scan` when an `X-Forwarded-For` header is present.
+const XFF_PRESENT: u16 = 1 << 8;
+
+/// One pass over the (few) header names: which hop-by-hop headers are
+/// present (`hop_by_hop_bit`), plus `XFF_PRESENT`. Every later lookup or
+/// removal hashes; this lets the common message skip nearly all of them.
+fn scan(headers: &HeaderMap) -> u16 {
+    let mut mask = 0u16;
     for name in headers.keys() {
-        present |= hop_by_hop_bit(name.as_str());
+        let n = name.as_str();
+        mask |= u16::from(hop_by_hop_bit(n));
+        if n == "x-forwarded-for" {
+            mask |= XFF_PRESENT;
+        }
     }
+    mask
+}
+
+/// Removes hop-by-hop headers. Only those `scan` found present pay for a
+/// hashing removal; a bare `Connection: keep-alive`, the common case, costs
+/// one removal.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mask = scan(headers);
+    strip_present(headers, mask);
+}
+
+fn strip_present(headers: &mut HeaderMap, mask: u16) {
+    let present = (mask & 0xff) as u8;
     if present == 0 {
         return;
     }
@@ -103,22 +123,28 @@ pub fn prepare_request(
     request_id: &HeaderValue,
 ) -> Result<(), ProxyError> {
     let headers = &mut parts.headers;
+    let mask = scan(headers);
     // `TE: trailers` is the one TE value that must survive: gRPC needs it.
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    let te_trailers = mask & u16::from(hop_by_hop_bit("te")) != 0
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     // weir answers `Expect: 100-continue` itself (hyper sends the interim 100
     // when the body is first read), so the target never sees it; the strip
     // removes it along with the hop-by-hop headers.
-    strip_hop_by_hop(headers);
+    strip_present(headers, mask);
     if te_trailers {
         headers.insert(header::TE, TRAILERS);
     }
 
-    append_forwarded_for(headers, client_ip);
+    if mask & XFF_PRESENT != 0 {
+        append_forwarded_for(headers, client_ip);
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HTTP);
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -203,9 +229,10 @@ pub fn prepare_response(
 ) {
     let headers = resp.headers_mut();
     strip_hop_by_hop(headers);
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    }
+    // One hash: keep the target's own id if it set one.
+    headers
+        .entry(X_REQUEST_ID.clone())
+        .or_insert_with(|| request_id.clone());
     route.response_headers.apply(headers);
 }
 

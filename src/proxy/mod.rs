@@ -152,9 +152,10 @@ async fn forward(
         elapsed: Default::default(),
     });
 
-    let mut deadline = route
-        .request_timeout
-        .map(|t| Deadline::new(tokio::time::Instant::from_std(done.start) + t));
+    let mut deadline = route.request_timeout.map(|t| {
+        let at = tokio::time::Instant::from_std(done.start) + t;
+        Deadline::new(at, done.ctx.take_timer())
+    });
     if let Err(e) = forward::prepare_request(
         &mut parts,
         route,
@@ -250,8 +251,11 @@ fn request_id(parts: &Parts) -> HeaderValue {
             b'a' + nibble - 10
         };
     }
-    // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    // Reference-counted from the start: the id is cloned into the upstream
+    // request and the response, and cloning a Vec-backed value would first
+    // allocate to make it shared. Hex digits are always a valid value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// The authority the client asked for: the URI's (absolute-form, HTTP/2) or
