@@ -23,12 +23,13 @@ upstreams:
     )
 }
 
-#[tokio::test]
-async fn round_robin_follows_weights_exactly() {
+/// Sends 400 requests on one connection through an upstream with two
+/// targets weighted 1:3 under `policy`; returns how many each target got.
+async fn split_of_400(policy: &str) -> (usize, usize) {
     let a = Upstream::echo().await;
     let b = Upstream::echo().await;
     let gw = TestGateway::with(
-        &two_targets("round_robin", 1, 3),
+        &two_targets(policy, 1, 3),
         &[("up", &a.addr()), ("up2", &b.addr())],
     )
     .await;
@@ -36,23 +37,17 @@ async fn round_robin_follows_weights_exactly() {
     for i in 0..400 {
         assert_eq!(c.get(&format!("/{i}")).await.status, 200);
     }
-    assert_eq!((a.request_count(), b.request_count()), (100, 300));
+    (a.request_count(), b.request_count())
+}
+
+#[tokio::test]
+async fn round_robin_follows_weights_exactly() {
+    assert_eq!(split_of_400("round_robin").await, (100, 300));
 }
 
 #[tokio::test]
 async fn random_roughly_follows_weights() {
-    let a = Upstream::echo().await;
-    let b = Upstream::echo().await;
-    let gw = TestGateway::with(
-        &two_targets("random", 1, 3),
-        &[("up", &a.addr()), ("up2", &b.addr())],
-    )
-    .await;
-    let mut c = H1Client::connect(gw.addr()).await;
-    for i in 0..400 {
-        assert_eq!(c.get(&format!("/{i}")).await.status, 200);
-    }
-    let (na, nb) = (a.request_count(), b.request_count());
+    let (na, nb) = split_of_400("random").await;
     assert_eq!(na + nb, 400);
     // Expected 100/300, sd ~8.7: these bounds are > 5 sd away.
     assert!((55..=145).contains(&na), "weights 1:3 gave {na}:{nb}");

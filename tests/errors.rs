@@ -219,39 +219,41 @@ async fn deadline_passing_mid_body_cuts_the_client_response() {
     );
 }
 
-#[tokio::test]
-async fn http11_request_without_host_gets_400_and_is_not_forwarded() {
+/// Sends `raw` on its own connection and checks that weir answers with the
+/// problem `status`/`code` without forwarding anything upstream.
+async fn rejected_without_forwarding(raw_request: &[u8], status: u16, code: &str) {
     let up = Upstream::echo().await;
     let gw = TestGateway::with(&routes_to("{up}", ""), &[("up", &up.addr())]).await;
     let mut raw = RawConn::connect(gw.addr()).await;
-    raw.write(b"GET /api/x HTTP/1.1\r\n\r\n").await;
+    raw.write(raw_request).await;
     let resp = raw.read_response(false).await;
-    raw_problem(&resp, 400, "bad_request");
+    raw_problem(&resp, status, code);
     assert_eq!(up.request_count(), 0);
+}
+
+#[tokio::test]
+async fn http11_request_without_host_gets_400_and_is_not_forwarded() {
+    rejected_without_forwarding(b"GET /api/x HTTP/1.1\r\n\r\n", 400, "bad_request").await;
 }
 
 #[tokio::test]
 async fn two_host_headers_get_400_and_are_not_forwarded() {
-    let up = Upstream::echo().await;
-    let gw = TestGateway::with(&routes_to("{up}", ""), &[("up", &up.addr())]).await;
-    let mut raw = RawConn::connect(gw.addr()).await;
-    raw.write(b"GET /api/x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n")
-        .await;
-    let resp = raw.read_response(false).await;
-    raw_problem(&resp, 400, "bad_request");
-    assert_eq!(up.request_count(), 0);
+    rejected_without_forwarding(
+        b"GET /api/x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        400,
+        "bad_request",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn connect_method_gets_501_not_implemented() {
-    let up = Upstream::echo().await;
-    let gw = TestGateway::with(&routes_to("{up}", ""), &[("up", &up.addr())]).await;
-    let mut raw = RawConn::connect(gw.addr()).await;
-    raw.write(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
-        .await;
-    let resp = raw.read_response(false).await;
-    raw_problem(&resp, 501, "not_implemented");
-    assert_eq!(up.request_count(), 0);
+    rejected_without_forwarding(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        501,
+        "not_implemented",
+    )
+    .await;
 }
 
 fn request_with_headers(count: usize, value_len: usize) -> Vec<u8> {
