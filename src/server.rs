@@ -89,12 +89,7 @@ impl Gateway {
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
         for l in &listener_cfgs {
-            let listener = bind(&l.name, &l.address)?;
-            let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-                name: l.name.clone(),
-                address: l.address.clone(),
-                source,
-            })?;
+            let (listener, addr) = bind(&l.name, &l.address)?;
             tracing::info!(listener = %l.name, address = %addr, "listening");
             listeners.push((l.name.clone(), addr));
             let builder = Arc::new(ConnBuilders::new(&l.protocols));
@@ -108,12 +103,7 @@ impl Gateway {
         }
         let admin = match admin_cfg {
             Some(a) => {
-                let listener = bind("admin", &a.address)?;
-                let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-                    name: "admin".into(),
-                    address: a.address.clone(),
-                    source,
-                })?;
+                let (listener, addr) = bind("admin", &a.address)?;
                 tracing::info!(address = %addr, "admin listening");
                 // The admin API outlives the drain (probes must see /ready
                 // turn 503, not a refused connection) and stops after it.
@@ -181,7 +171,9 @@ impl Gateway {
     }
 }
 
-fn bind(name: &str, address: &str) -> Result<TcpListener, ServerError> {
+/// Binds `address` and returns the listener with the address it actually got
+/// (the port the OS chose when the config says 0).
+fn bind(name: &str, address: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
     let err = |source| ServerError::Bind {
         name: name.to_owned(),
         address: address.to_owned(),
@@ -204,7 +196,9 @@ fn bind(name: &str, address: &str) -> Result<TcpListener, ServerError> {
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(4096).map_err(err)?;
-    TcpListener::from_std(socket.into()).map_err(err)
+    let listener = TcpListener::from_std(socket.into()).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 /// How long a new connection may take to show which HTTP version it speaks.

@@ -173,9 +173,8 @@ async fn forward(
     }
     let req = Request::from_parts(parts, OutboundBody::Stream(body, counter));
     let sent = Instant::now();
-    let ctx = done.ctx.clone();
     match forward::send(
-        &ctx,
+        &done.ctx,
         set,
         &target,
         req,

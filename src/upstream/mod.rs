@@ -294,7 +294,7 @@ pub async fn maintain(sets: Vec<Weak<UpstreamSet>>) {
         tick.tick().await;
         since_resolve += MAINTENANCE_INTERVAL;
         let live: Vec<Arc<UpstreamSet>> = sets.iter().filter_map(Weak::upgrade).collect();
-        if live.is_empty() && !sets.is_empty() {
+        if live.is_empty() {
             return;
         }
         for set in &live {
