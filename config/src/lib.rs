@@ -18,6 +18,7 @@
 mod error;
 mod lines;
 mod listener;
+mod policy;
 mod route;
 mod units;
 mod upstream;
@@ -29,6 +30,11 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{Listener, ListenerProtocol};
+pub use policy::{
+    Backoff, CircuitBreaker, Fault, FaultAbort, FaultDelay, HealthCheck, HealthCheckKind, Mirror,
+    Number, OnBackendError, OutlierDetection, RateBackend, RateKey, RateLimit, Redis, Retry,
+    RetryBudget, RetryOn, StatusRange, Sticky, WeightedUpstream,
+};
 pub use route::{DirectResponse, HeaderOps, Rewrite, Route, RouteMatch, Timeouts};
 pub use units::{ByteSize, Duration, UnitError};
 pub use upstream::{HashOn, Keepalive, LoadBalancing, Target, Upstream, UpstreamProtocol};
@@ -55,6 +61,9 @@ pub struct Config {
     /// Named groups of targets.
     #[serde(default)]
     pub upstreams: Vec<Upstream>,
+    /// The Redis server used by `backend: redis` rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Redis>,
 }
 
 /// Process-wide settings.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{Fault, Mirror, RateLimit, Retry, Sticky, WeightedUpstream};
 use crate::units::Duration;
 
 /// One route. Routes are tried in precedence order (see `docs/configuration.md`),
@@ -17,10 +18,16 @@ pub struct Route {
     /// What the request must look like. Absent = every request.
     #[serde(rename = "match", default)]
     pub matches: RouteMatch,
-    /// Name of the upstream to forward to. Exactly one of `upstream` and
-    /// `direct_response` must be set.
+    /// Name of the upstream to forward to. Exactly one of `upstream`,
+    /// `upstreams` and `direct_response` must be set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// A weighted split over several upstreams (canary releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<WeightedUpstream>>,
+    /// Keeps a user on one side of `upstreams`: `header:NAME` or `cookie:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
     /// Answer locally instead of forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
@@ -36,6 +43,18 @@ pub struct Route {
     /// Header edits on the response sent to the client.
     #[serde(default)]
     pub response_headers: HeaderOps,
+    /// Retries of failed tries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Injected delays and errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// Copies of requests sent to a shadow upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 /// Match conditions; all present conditions must hold.
@@ -102,6 +121,14 @@ pub struct Timeouts {
     /// byte of the response body. `0s` disables it. Default `60s`.
     #[serde(default = "default_request")]
     pub request: Duration,
+    /// Deadline of each try when the route retries; also the default of
+    /// `retry.per_try_timeout`. Absent = each try may use the whole `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<Duration>,
+    /// Longest silence while the response streams: when no byte arrives from
+    /// the target for this long, the exchange is cut. Absent = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -109,6 +136,8 @@ impl Default for Timeouts {
         Timeouts {
             connect: default_connect(),
             request: default_request(),
+            per_try: None,
+            idle: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::policy::{CircuitBreaker, HealthCheck, OutlierDetection};
 use crate::units::Duration;
 
 /// A named group of targets that routes forward to.
@@ -28,6 +29,15 @@ pub struct Upstream {
     /// Connection reuse.
     #[serde(default)]
     pub keepalive: Keepalive,
+    /// Active health checks of the targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection of targets that fail real requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Caps on connections and requests; excess fails fast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// One service instance.

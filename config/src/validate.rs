@@ -4,6 +4,7 @@
 //! Every problem is collected rather than stopping at the first, so a user
 //! fixes a file in one pass.
 
+mod policy;
 mod syntax;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ pub(crate) fn validate(config: &Config, index: &LineIndex) -> Vec<ConfigError> {
     }
     v.routes(config);
     v.upstreams(config);
+    v.redis(config);
     let mut errors = v.errors;
     // Checks run section by section, but the file may order sections (and map
     // keys, which the model stores sorted) differently. The sort is stable, so
@@ -181,14 +183,15 @@ impl Validator<'_> {
         for (i, route) in config.routes.iter().enumerate() {
             let base = format!("routes[{i}]");
             self.unique_name(&base, &route.name, "route", "routes", &mut names, i);
-            match (&route.upstream, &route.direct_response) {
-                (None, None) => self.error(
+            let forwards = route.upstream.is_some() || route.upstreams.is_some();
+            match (forwards, &route.direct_response) {
+                (false, None) => self.error(
                     &*base,
-                    "a route needs either `upstream` or `direct_response`",
+                    "a route needs `upstream`, `upstreams` or `direct_response`",
                 ),
-                (Some(_), Some(_)) => self.error(
+                (true, Some(_)) => self.error(
                     format!("{base}.direct_response"),
-                    "`upstream` and `direct_response` are mutually exclusive",
+                    "`upstream`/`upstreams` and `direct_response` are mutually exclusive",
                 ),
                 _ => {}
             }
@@ -211,6 +214,7 @@ impl Validator<'_> {
             }
             self.header_ops(&format!("{base}.request_headers"), &route.request_headers);
             self.header_ops(&format!("{base}.response_headers"), &route.response_headers);
+            self.route_policies(config, &base, route);
         }
     }
 
@@ -403,6 +407,7 @@ impl Validator<'_> {
             self.unique_name(&base, &up.name, "upstream", "upstreams", &mut names, i);
             self.targets(&base, up);
             self.hash_on(&base, up);
+            self.upstream_policies(&base, up);
             if up.keepalive.max_idle > 0 && up.keepalive.idle_timeout.is_zero() {
                 self.error(
                     format!("{base}.keepalive.idle_timeout"),

@@ -175,7 +175,7 @@ routes:
             (
                 "routes[0]",
                 4,
-                "needs either `upstream` or `direct_response`",
+                "needs `upstream`, `upstreams` or `direct_response`",
             ),
             ("routes[1].direct_response", 7, "mutually exclusive"),
         ],
