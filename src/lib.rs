@@ -3,6 +3,8 @@
 //! Module map (and dependency rules, enforced in review):
 //! - `router`: compiled route table and per-route settings; sans-io (no tokio, no hyper I/O).
 //! - `upstream`: targets, load balancing, connection pools; knows nothing about `proxy`.
+//! - `policy`: governance decisions (rate limit, breaker, retry, outlier, fault, deadline); sans-io.
+//! - `store`: state shared across instances through an external server (Redis).
 //! - `observe`: metrics (all declared in `observe/metrics.rs`) and the access log.
 //! - `proxy`: the request pipeline; the only module that drives hyper bodies
 //!   and stitches the others together.
@@ -15,11 +17,13 @@
 pub mod admin;
 pub mod cli;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod store;
 pub mod upstream;
 
 pub use server::Gateway;

@@ -4,7 +4,7 @@
 //! finish within `runtime.shutdown_grace`).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -78,10 +78,9 @@ impl Gateway {
         let listener_cfgs = config.listeners.clone();
         let admin_cfg = config.admin.clone();
         let snapshot = Snapshot::build(config, &metrics)?;
-        let maintained: Vec<Weak<upstream::UpstreamSet>> =
-            snapshot.upstreams.iter().map(Arc::downgrade).collect();
+        upstream::start_background(&snapshot.upstreams);
         let state = Arc::new(State::new(snapshot, metrics, access_log));
-        tokio::spawn(upstream::maintain(maintained));
+        tokio::spawn(crate::proxy::maintain_policies(Arc::downgrade(&state)));
 
         let (stop, stop_rx) = watch::channel(false);
         let (admin_stop, admin_stop_rx) = watch::channel(false);

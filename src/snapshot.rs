@@ -8,7 +8,9 @@ use std::sync::Arc;
 use weir_config::Config;
 
 use crate::observe::metrics::{Metrics, RouteMetrics};
+use crate::proxy::{PolicyBuildError, RoutePolicies};
 use crate::router::{RouteAction, RouteTable, RouterError};
+use crate::store::redis::{RedisLimiter, StoreError};
 use crate::upstream::UpstreamSet;
 
 /// A compiled, immutable configuration.
@@ -20,10 +22,15 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Upstreams, in config order (`RouteAction::Forward::upstream_index`).
     pub upstreams: Vec<Arc<UpstreamSet>>,
-    /// Metric handles per route, indexed by `CompiledRoute::order`.
-    pub route_metrics: Vec<RouteMetrics>,
+    /// Metric handles per route, indexed by `CompiledRoute::order`, then by
+    /// the side of a split (a single entry for other routes).
+    pub route_metrics: Vec<Box<[RouteMetrics]>>,
     /// Metric handles for requests that matched no route.
     pub unrouted_metrics: RouteMetrics,
+    /// Governance of each route, indexed by `CompiledRoute::order`.
+    pub route_policies: Vec<RoutePolicies>,
+    /// The Redis client of `backend: redis` rate limits, when configured.
+    pub redis: Option<Arc<RedisLimiter>>,
 }
 
 /// Why a validated configuration could not be compiled.
@@ -32,6 +39,12 @@ pub enum BuildError {
     /// The route table could not be built.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// A route's policies could not be built.
+    #[error(transparent)]
+    Policy(#[from] PolicyBuildError),
+    /// The Redis URL was rejected by the client.
+    #[error("redis.url: {0}")]
+    Redis(#[from] StoreError),
 }
 
 impl Snapshot {
@@ -47,20 +60,33 @@ impl Snapshot {
         by_order.sort_by_key(|r| r.order);
         let route_metrics = by_order
             .iter()
-            .map(|r| {
-                let upstream = match &r.action {
-                    RouteAction::Forward { upstream, .. } => upstream.as_ref(),
-                    RouteAction::Direct(_) => "",
-                };
-                metrics.route(&r.name, upstream)
+            .map(|r| match &r.action {
+                RouteAction::Direct(_) => vec![metrics.route(&r.name, "")].into_boxed_slice(),
+                action => action
+                    .upstreams()
+                    .iter()
+                    .map(|(name, _)| metrics.route(&r.name, name))
+                    .collect(),
             })
             .collect();
+        let redis = match &config.redis {
+            Some(r) => Some(Arc::new(RedisLimiter::new(&r.url, r.timeout.get())?)),
+            None => None,
+        };
+        let upstream_index = |name: &str| config.upstreams.iter().position(|u| u.name == name);
+        let route_policies = config
+            .routes
+            .iter()
+            .map(|r| RoutePolicies::build(r, upstream_index, redis.as_ref(), metrics))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Snapshot {
             config: Arc::new(config),
             routes,
             upstreams,
             route_metrics,
             unrouted_metrics: metrics.route("", ""),
+            route_policies,
+            redis,
         })
     }
 }

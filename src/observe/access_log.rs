@@ -52,6 +52,8 @@ pub struct AccessRecord<'a> {
     /// Stable error code when weir produced an error response or cut the response.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'a str>,
+    /// Tries made upstream: 1 without retries, 0 when nothing was forwarded.
+    pub attempts: u32,
 }
 
 /// Handle to the access log writer; cheap to clone.

@@ -34,6 +34,48 @@ struct UpstreamLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteDecisionLabel {
+    route: String,
+    decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteKindLabel {
+    route: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteResultLabel {
+    route: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLimitLabel {
+    upstream: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamReasonLabel {
+    upstream: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamResultLabel {
+    upstream: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    upstream: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -56,6 +98,78 @@ pub struct Metrics {
     downstream_total: Counter,
     access_log_dropped: Counter,
     rejected: Family<ReasonLabel, Counter>,
+    policy: PolicyFamilies,
+}
+
+/// The governance families; see `RoutePolicyMetrics` and
+/// `UpstreamPolicyMetrics` for the per-route and per-upstream handles.
+#[derive(Debug, Default)]
+struct PolicyFamilies {
+    retries: Family<RouteLabel, Counter>,
+    retry_budget_exhausted: Family<RouteLabel, Counter>,
+    rate_limited: Family<RouteLabel, Counter>,
+    rate_limit_backend_errors: Family<RouteDecisionLabel, Counter>,
+    faults: Family<RouteKindLabel, Counter>,
+    mirror: Family<RouteResultLabel, Counter>,
+    circuit_open: Family<UpstreamLimitLabel, Counter>,
+    ejections: Family<UpstreamReasonLabel, Counter>,
+    health_checks: Family<UpstreamResultLabel, Counter>,
+    target_healthy: Family<TargetLabel, Gauge>,
+}
+
+impl PolicyFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weir_retries",
+            "Retries sent (tries after the first), by route",
+            self.retries.clone(),
+        );
+        registry.register(
+            "weir_retry_budget_exhausted",
+            "Retries not sent because the route's retry budget was spent, by route",
+            self.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "weir_rate_limited",
+            "Requests rejected with 429 by a rate limit, by route",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "weir_rate_limit_backend_errors",
+            "Rate-limit decisions the backend (Redis) could not make, by route and the on_backend_error decision taken",
+            self.rate_limit_backend_errors.clone(),
+        );
+        registry.register(
+            "weir_faults_injected",
+            "Faults injected, by route and kind (delay, abort)",
+            self.faults.clone(),
+        );
+        registry.register(
+            "weir_mirror_requests",
+            "Shadow requests, by route and result (sent, dropped, failed)",
+            self.mirror.clone(),
+        );
+        registry.register(
+            "weir_circuit_open",
+            "Requests failed fast by a circuit breaker, by upstream and the limit reached",
+            self.circuit_open.clone(),
+        );
+        registry.register(
+            "weir_outlier_ejections",
+            "Targets ejected by outlier detection, by upstream and reason",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "weir_health_checks",
+            "Active health checks run, by upstream and result (pass, fail)",
+            self.health_checks.clone(),
+        );
+        registry.register(
+            "weir_upstream_target_healthy",
+            "1 when a target passes its active health checks, 0 when not, by upstream and target",
+            self.target_healthy.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -129,6 +243,8 @@ impl Metrics {
             })
             .set(1);
         registry.register("weir_build_info", "Build information; always 1", build_info);
+        let policy = PolicyFamilies::default();
+        policy.register(&mut registry);
         Metrics {
             registry,
             requests,
@@ -140,6 +256,82 @@ impl Metrics {
             downstream_total,
             access_log_dropped,
             rejected,
+            policy,
+        }
+    }
+
+    /// Governance handles for one route.
+    pub fn route_policy(&self, route: &str) -> RoutePolicyMetrics {
+        let p = &self.policy;
+        let label = RouteLabel {
+            route: route.to_owned(),
+        };
+        let decision = |d: &str| {
+            p.rate_limit_backend_errors
+                .get_or_create(&RouteDecisionLabel {
+                    route: route.to_owned(),
+                    decision: d.to_owned(),
+                })
+                .clone()
+        };
+        let kind = |k: &str| {
+            p.faults
+                .get_or_create(&RouteKindLabel {
+                    route: route.to_owned(),
+                    kind: k.to_owned(),
+                })
+                .clone()
+        };
+        let result = |r: &str| {
+            p.mirror
+                .get_or_create(&RouteResultLabel {
+                    route: route.to_owned(),
+                    result: r.to_owned(),
+                })
+                .clone()
+        };
+        RoutePolicyMetrics {
+            retries: p.retries.get_or_create(&label).clone(),
+            retry_budget_exhausted: p.retry_budget_exhausted.get_or_create(&label).clone(),
+            rate_limited: p.rate_limited.get_or_create(&label).clone(),
+            backend_errors_allowed: decision("allow"),
+            backend_errors_denied: decision("deny"),
+            fault_delays: kind("delay"),
+            fault_aborts: kind("abort"),
+            mirror_sent: result("sent"),
+            mirror_dropped: result("dropped"),
+            mirror_failed: result("failed"),
+        }
+    }
+
+    /// Governance handles for one upstream.
+    pub fn upstream_policy(&self, upstream: &str) -> UpstreamPolicyMetrics {
+        let p = &self.policy;
+        let limit = |l: &str| {
+            p.circuit_open
+                .get_or_create(&UpstreamLimitLabel {
+                    upstream: upstream.to_owned(),
+                    limit: l.to_owned(),
+                })
+                .clone()
+        };
+        let result = |r: &str| {
+            p.health_checks
+                .get_or_create(&UpstreamResultLabel {
+                    upstream: upstream.to_owned(),
+                    result: r.to_owned(),
+                })
+                .clone()
+        };
+        UpstreamPolicyMetrics {
+            upstream: upstream.to_owned(),
+            circuit_open_connections: limit("max_connections"),
+            circuit_open_pending: limit("max_pending"),
+            circuit_open_requests: limit("max_requests"),
+            checks_passed: result("pass"),
+            checks_failed: result("fail"),
+            ejections: p.ejections.clone(),
+            target_healthy: p.target_healthy.clone(),
         }
     }
 
@@ -277,6 +469,71 @@ pub struct UpstreamMetrics {
     pub connect_errors: Counter,
     /// Connections opened.
     pub connections_opened: Counter,
+}
+
+/// Governance counters of one route, resolved when the snapshot is built.
+#[derive(Clone, Debug)]
+pub struct RoutePolicyMetrics {
+    /// Retries sent.
+    pub retries: Counter,
+    /// Retries refused by the budget.
+    pub retry_budget_exhausted: Counter,
+    /// Requests rejected with 429.
+    pub rate_limited: Counter,
+    /// Backend errors let through (`on_backend_error: allow`).
+    pub backend_errors_allowed: Counter,
+    /// Backend errors rejected (`on_backend_error: deny`).
+    pub backend_errors_denied: Counter,
+    /// Injected delays.
+    pub fault_delays: Counter,
+    /// Injected aborts.
+    pub fault_aborts: Counter,
+    /// Shadow requests sent.
+    pub mirror_sent: Counter,
+    /// Shadow requests dropped (in-flight cap, body too large).
+    pub mirror_dropped: Counter,
+    /// Shadow requests that failed (connect, reset, timeout).
+    pub mirror_failed: Counter,
+}
+
+/// Governance counters of one upstream.
+#[derive(Clone, Debug)]
+pub struct UpstreamPolicyMetrics {
+    upstream: String,
+    /// Fast failures at `max_connections`.
+    pub circuit_open_connections: Counter,
+    /// Fast failures at `max_pending`.
+    pub circuit_open_pending: Counter,
+    /// Fast failures at `max_requests`.
+    pub circuit_open_requests: Counter,
+    /// Health checks passed.
+    pub checks_passed: Counter,
+    /// Health checks failed.
+    pub checks_failed: Counter,
+    ejections: Family<UpstreamReasonLabel, Counter>,
+    target_healthy: Family<TargetLabel, Gauge>,
+}
+
+impl UpstreamPolicyMetrics {
+    /// Counts an ejection (rare: looked up by label).
+    pub fn ejected(&self, reason: &str) {
+        self.ejections
+            .get_or_create(&UpstreamReasonLabel {
+                upstream: self.upstream.clone(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publishes a target's health (on transitions only).
+    pub fn set_target_healthy(&self, target: &str, healthy: bool) {
+        self.target_healthy
+            .get_or_create(&TargetLabel {
+                upstream: self.upstream.clone(),
+                target: target.to_owned(),
+            })
+            .set(i64::from(healthy));
+    }
 }
 
 /// Shared handle to the registry.

@@ -16,6 +16,8 @@ use super::deadline::Deadline;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
+use tokio::time::{Instant, Sleep};
 
 /// Why a streamed response body was cut short.
 #[derive(Debug)]
@@ -24,6 +26,8 @@ pub enum BodyError {
     Upstream(hyper::Error),
     /// The route's deadline passed mid-body.
     Timeout,
+    /// The target sent nothing for longer than the route's idle timeout.
+    Idle,
 }
 
 impl fmt::Display for BodyError {
@@ -31,6 +35,9 @@ impl fmt::Display for BodyError {
         match self {
             BodyError::Upstream(e) => write!(f, "upstream body error: {e}"),
             BodyError::Timeout => f.write_str("route deadline passed while streaming the response"),
+            BodyError::Idle => {
+                f.write_str("the upstream sent nothing for longer than the idle timeout")
+            }
         }
     }
 }
@@ -47,6 +54,7 @@ pub struct ResponseBody {
     inner: Inner,
     // Carries the timer the earlier stages may already have armed.
     deadline: Option<Deadline>,
+    idle: Option<Box<Idle>>,
     bytes: u64,
     ended: bool,
     error: Option<&'static str>,
@@ -72,10 +80,22 @@ impl ResponseBody {
         Self::new(Inner::Full(None))
     }
 
-    /// The target's body, streamed, cut at `deadline`.
-    pub fn upstream(body: Incoming, deadline: Option<Deadline>) -> Self {
+    /// The target's body, streamed, cut at `deadline` or after `idle`
+    /// without a byte from the target.
+    pub fn upstream(
+        body: Incoming,
+        deadline: Option<Deadline>,
+        idle: Option<std::time::Duration>,
+    ) -> Self {
         let mut b = Self::new(Inner::Upstream(body));
         b.deadline = deadline;
+        b.idle = idle.map(|limit| {
+            Box::new(Idle {
+                limit,
+                last: Instant::now(),
+                timer: None,
+            })
+        });
         b
     }
 
@@ -83,6 +103,7 @@ impl ResponseBody {
         ResponseBody {
             inner,
             deadline: None,
+            idle: None,
             bytes: 0,
             ended: false,
             error: None,
@@ -121,6 +142,9 @@ impl Body for ResponseBody {
                     if let Some(d) = frame.data_ref() {
                         this.bytes += d.len() as u64;
                     }
+                    if let Some(idle) = this.idle.as_mut() {
+                        idle.last = Instant::now();
+                    }
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -136,6 +160,12 @@ impl Body for ResponseBody {
                         if deadline.poll_expired(cx) {
                             this.error = Some("upstream_timeout");
                             return Poll::Ready(Some(Err(BodyError::Timeout)));
+                        }
+                    }
+                    if let Some(idle) = this.idle.as_mut() {
+                        if idle.poll_expired(cx) {
+                            this.error = Some("upstream_idle_timeout");
+                            return Poll::Ready(Some(Err(BodyError::Idle)));
                         }
                     }
                     Poll::Pending
@@ -156,6 +186,31 @@ impl Body for ResponseBody {
             Inner::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
             Inner::Upstream(b) => b.size_hint(),
         }
+    }
+}
+
+/// The idle timer: re-armed lazily from the time of the last frame, so a
+/// busy stream costs one clock read per frame and no timer updates.
+struct Idle {
+    limit: std::time::Duration,
+    last: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Idle {
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let at = self.last + self.limit;
+        if Instant::now() >= at {
+            return true;
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        // Ready here means `at` passed between the check above and now.
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 

@@ -11,6 +11,7 @@ use hyper::client::conn::http1;
 
 use super::conn::ConnCtx;
 use crate::observe::access_log::{rfc3339, AccessRecord};
+use crate::policy::circuit_breaker::RequestPermit;
 use crate::snapshot::Snapshot;
 use crate::upstream::{OutboundBody, Target};
 
@@ -23,6 +24,8 @@ pub struct UpstreamUse {
     pub conn: Option<http1::SendRequest<OutboundBody>>,
     /// Time until response headers.
     pub elapsed: Duration,
+    /// The upstream circuit breaker's request slot, held to the end.
+    pub permit: Option<RequestPermit>,
 }
 
 /// Access log fields, collected only when the access log is on.
@@ -53,6 +56,8 @@ pub struct Completion {
     pub snapshot: Arc<Snapshot>,
     /// The matched route's `order`, if any.
     pub route: Option<usize>,
+    /// The side of a split taken (0 otherwise).
+    pub side: usize,
     /// Request method.
     pub method: Method,
     /// Status sent.
@@ -63,6 +68,10 @@ pub struct Completion {
     pub upstream: Option<UpstreamUse>,
     /// Error code of a local error response.
     pub error: Option<&'static str>,
+    /// Tries made upstream (0 when the request was not forwarded).
+    pub attempts: u32,
+    /// The target of a last try that failed, and how long it took.
+    pub failed_target: Option<(Arc<str>, Duration)>,
     /// Access log fields, when logging.
     pub log: Option<Box<LogFields>>,
 }
@@ -82,8 +91,15 @@ impl Completion {
                 }
             }
             target_addr = Some(u.target.address.clone());
+        } else if let Some((addr, elapsed)) = self.failed_target.take() {
+            upstream_elapsed = Some(elapsed);
+            target_addr = Some(addr);
         }
-        let metrics = match self.route.and_then(|i| self.snapshot.route_metrics.get(i)) {
+        let metrics = match self
+            .route
+            .and_then(|i| self.snapshot.route_metrics.get(i))
+            .and_then(|sides| sides.get(self.side))
+        {
             Some(m) => m,
             None => &self.snapshot.unrouted_metrics,
         };
@@ -116,6 +132,7 @@ impl Completion {
             upstream_target: target_addr.as_deref().unwrap_or(""),
             upstream_duration_ms: upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             error_code: self.error.or(body_error),
+            attempts: self.attempts,
         });
     }
 }

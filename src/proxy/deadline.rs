@@ -31,6 +31,11 @@ impl Deadline {
         }
     }
 
+    /// When the deadline passes.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
     /// True once the deadline has passed; registers `cx` to be woken then.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let at = self.at;

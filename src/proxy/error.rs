@@ -118,6 +118,36 @@ impl ProxyError {
         )
     }
 
+    /// 429: a rate limit refused the request.
+    pub fn rate_limited(detail: impl Into<String>) -> Self {
+        Self::new(
+            "rate_limited",
+            StatusCode::TOO_MANY_REQUESTS,
+            Source::Downstream,
+            detail.into(),
+        )
+    }
+
+    /// 503: the upstream's circuit breaker is at one of its limits.
+    pub fn circuit_open(upstream: &str, limit: &str) -> Self {
+        Self::new(
+            "circuit_open",
+            StatusCode::SERVICE_UNAVAILABLE,
+            Source::Upstream,
+            format!("upstream {upstream:?} is at its {limit} limit; the request was not queued"),
+        )
+    }
+
+    /// The route's fault injection answered with `status` on purpose.
+    pub fn fault_injected(status: StatusCode) -> Self {
+        Self::new(
+            "fault_injected",
+            status,
+            Source::Config,
+            "fault injection is enabled on this route and aborted the request".to_owned(),
+        )
+    }
+
     /// Short title for the status/code pair.
     pub fn title(&self) -> &'static str {
         match self.code {
@@ -128,6 +158,9 @@ impl ProxyError {
             "upstream_reset" => "The upstream closed the connection",
             "upstream_timeout" => "The upstream did not answer in time",
             "no_healthy_upstream" => "No upstream target available",
+            "rate_limited" => "Too many requests",
+            "circuit_open" => "The upstream is at capacity",
+            "fault_injected" => "Injected fault",
             _ => "Gateway error",
         }
     }

@@ -251,7 +251,7 @@ pub struct Exchange {
 /// the request was written is replaced by a fresh one, once: the request never
 /// left weir, so this is safe for any method.
 pub async fn send(
-    ctx: &ConnCtx,
+    ctx: Option<&ConnCtx>,
     set: &UpstreamSet,
     target: &Arc<Target>,
     mut req: Request<OutboundBody>,
@@ -309,10 +309,10 @@ pub async fn send(
 }
 
 async fn reuse_http1(
-    ctx: &ConnCtx,
+    ctx: Option<&ConnCtx>,
     target: &Arc<Target>,
 ) -> Option<http1::SendRequest<OutboundBody>> {
-    if let Some(mut s) = ctx.take(target) {
+    if let Some(mut s) = ctx.and_then(|c| c.take(target)) {
         if s.ready().await.is_ok() {
             return Some(s);
         }
@@ -372,6 +372,9 @@ async fn connect(
         Some(Ok(c)) => Ok(c),
         Some(Err(e @ ConnectError::Unresolved(_))) => {
             Err(ProxyError::no_healthy_upstream_detail(e.to_string()))
+        }
+        Some(Err(ConnectError::CircuitOpen(o))) => {
+            Err(ProxyError::circuit_open(&set.name, o.as_str()))
         }
         Some(Err(e)) => Err(ProxyError::connect_failed(e.to_string())),
     }

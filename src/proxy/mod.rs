@@ -5,16 +5,19 @@
 //! route (`router`) → pick upstream (`upstream`) → forward (`forward.rs`) →
 //! respond (`respond.rs`, `body.rs`) → observe (`complete.rs`, `observe`).
 
+mod admit;
 mod body;
 mod complete;
 mod conn;
 mod deadline;
 mod error;
 mod forward;
+mod mirror;
+mod policies;
 mod respond;
+mod tries;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -27,11 +30,13 @@ use weir_config::HashOn;
 pub use body::{BodyError, ResponseBody};
 pub use conn::ConnCtx;
 pub use error::{ProxyError, Source};
+pub use policies::{
+    maintain_policies, Backend, MirrorPolicy, PolicyBuildError, RateLimiter, RoutePolicies,
+};
 
-use crate::router::{CompiledRoute, RouteAction};
-use crate::upstream::{hash_key, OutboundBody, UpstreamSet};
-use complete::{Completion, LogFields, UpstreamUse};
-use deadline::Deadline;
+use crate::router::RouteAction;
+use crate::upstream::hash_key;
+use complete::{Completion, LogFields};
 use forward::X_REQUEST_ID;
 
 /// Handles one request from a client connection. Never fails: every error
@@ -48,11 +53,14 @@ pub async fn handle(
         ctx: ctx.clone(),
         snapshot: snapshot.clone(),
         route: None,
+        side: 0,
         method: parts.method.clone(),
         status: http::StatusCode::OK,
         start,
         upstream: None,
         error: None,
+        attempts: 0,
+        failed_target: None,
         log: None,
     };
     let host = request_host(&parts);
@@ -108,107 +116,31 @@ pub async fn handle(
         return Ok(local_error(e, &request_id, done));
     };
     done.route = Some(route.order);
-    match &route.action {
-        RouteAction::Direct(reply) => {
-            let mut resp = respond::direct(reply);
-            route.response_headers.apply(resp.headers_mut());
-            Ok(finish(resp, &request_id, done))
-        }
-        RouteAction::Forward { upstream_index, .. } => {
-            let Some(set) = snapshot.upstreams.get(*upstream_index) else {
-                let e = ProxyError::no_healthy_upstream(&route.name);
-                return Ok(local_error(e, &request_id, done));
-            };
-            Ok(forward(set, route, parts, body, host, request_id, done).await)
-        }
+    if let RouteAction::Direct(reply) = &route.action {
+        let mut resp = respond::direct(reply);
+        route.response_headers.apply(resp.headers_mut());
+        return Ok(finish(resp, &request_id, done));
     }
-}
-
-/// The forward stage: pick a target, send, and stream the response back.
-async fn forward(
-    set: &UpstreamSet,
-    route: &CompiledRoute,
-    mut parts: Parts,
-    body: Incoming,
-    host: Option<HeaderValue>,
-    request_id: HeaderValue,
-    mut done: Completion,
-) -> Response<ResponseBody> {
-    if let Some(log) = done.log.as_mut() {
-        log.upstream = Some(set.name.clone());
-    }
-    let key = set.hash_on.as_ref().and_then(|h| hash_of(h, &parts, &done));
-    let Some(target) = set.pick(key).cloned() else {
-        return local_error(
-            ProxyError::no_healthy_upstream(&set.name),
-            &request_id,
-            done,
-        );
+    // Pick upstream: the route's one, or a side of its split.
+    let upstream_index = match &route.action {
+        RouteAction::Forward { upstream_index, .. } => Some(*upstream_index),
+        RouteAction::Split(split) => {
+            done.side = split.pick(&parts.headers, fastrand::u64(..));
+            split.sides().get(done.side).map(|s| s.upstream_index)
+        }
+        RouteAction::Direct(_) => None,
     };
-    target.in_flight.fetch_add(1, Ordering::Relaxed);
-    done.upstream = Some(UpstreamUse {
-        target: target.clone(),
-        conn: None,
-        elapsed: Default::default(),
-    });
-
-    let mut deadline = route.request_timeout.map(|t| {
-        let at = tokio::time::Instant::from_std(done.start) + t;
-        Deadline::new(at, done.ctx.take_timer())
-    });
-    if let Err(e) = forward::prepare_request(
-        &mut parts,
-        route,
-        set.protocol,
-        &done.ctx.client_ip,
-        host.as_ref(),
-        &target.address,
-        &request_id,
-    ) {
-        return local_error(e, &request_id, done);
-    }
-    let counter = done.log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
-    if let Some(log) = done.log.as_mut() {
-        log.bytes_in = counter.clone();
-    }
-    let req = Request::from_parts(parts, OutboundBody::Stream(body, counter));
-    let sent = Instant::now();
-    match forward::send(
-        &done.ctx,
-        set,
-        &target,
-        req,
-        route.connect_timeout,
-        &mut deadline,
-    )
-    .await
-    {
-        Ok(exchange) => {
-            let elapsed = sent.elapsed();
-            set.metrics.response_duration.observe(elapsed);
-            let mut response = exchange.response;
-            forward::prepare_response(&mut response, route, &request_id);
-            if let Some(u) = done.upstream.as_mut() {
-                u.conn = exchange.conn;
-                u.elapsed = elapsed;
-            }
-            done.status = response.status();
-            let (rparts, rbody) = response.into_parts();
-            let mut body = ResponseBody::upstream(rbody, deadline);
-            body.on_complete(done);
-            Response::from_parts(rparts, body)
-        }
-        Err(e) => {
-            if let Some(u) = done.upstream.as_mut() {
-                u.elapsed = sent.elapsed();
-            }
-            local_error(e, &request_id, done)
-        }
-    }
+    let set = upstream_index.and_then(|i| snapshot.upstreams.get(i));
+    let policies = snapshot.route_policies.get(route.order);
+    let (Some(set), Some(policies)) = (set, policies) else {
+        let e = ProxyError::no_healthy_upstream(&route.name);
+        return Ok(local_error(e, &request_id, done));
+    };
+    Ok(tries::run(set, route, policies, parts, body, host, request_id, done).await)
 }
 
 /// Sends a problem+json response for `err`.
-fn local_error(
+pub(crate) fn local_error(
     err: ProxyError,
     request_id: &HeaderValue,
     mut done: Completion,
@@ -282,21 +214,15 @@ fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
     }
 }
 
-fn hash_of(on: &HashOn, parts: &Parts, done: &Completion) -> Option<u64> {
+pub(crate) fn hash_of(on: &HashOn, parts: &Parts, done: &Completion) -> Option<u64> {
     match on {
         HashOn::Header(name) => parts
             .headers
             .get(name.as_str())
             .map(|v| hash_key(v.as_bytes())),
-        HashOn::Cookie(name) => parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_key(v.as_bytes())),
+        HashOn::Cookie(name) => {
+            crate::router::cookie(&parts.headers, name).map(|v| hash_key(v.as_bytes()))
+        }
         HashOn::ClientIp => Some(hash_key(done.ctx.client.ip().to_string().as_bytes())),
         HashOn::Path => Some(hash_key(parts.uri.path().as_bytes())),
     }

@@ -7,6 +7,7 @@
 //! no hyper. The proxy layer feeds it request parts and acts on the answer.
 
 mod matcher;
+mod split;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 use weir_config::{Config, HeaderOps, Route};
 
 use matcher::{Matcher, PathMatch, Request};
+pub use split::{cookie, Side, Split};
 
 /// The compiled routes of one configuration, in precedence order. Immutable:
 /// a reload builds a new table.
@@ -107,6 +109,28 @@ impl CompiledRoute {
         let name = route.name.as_str();
         let matcher = Matcher::compile(name, &route.matches)?;
         let action = match (&route.upstream, &route.direct_response) {
+            (None, None) if route.upstreams.is_some() => {
+                let mut sides = Vec::new();
+                for side in route.upstreams.iter().flatten() {
+                    let Some((index, shared)) = upstreams.get(side.name.as_str()) else {
+                        return Err(RouterError::UnknownUpstream {
+                            route: name.to_owned(),
+                            upstream: side.name.clone(),
+                        });
+                    };
+                    sides.push(Side {
+                        upstream: Arc::clone(shared),
+                        upstream_index: *index,
+                        weight: side.weight,
+                    });
+                }
+                if sides.iter().all(|s| s.weight == 0) {
+                    return Err(RouterError::InvalidAction {
+                        route: name.to_owned(),
+                    });
+                }
+                RouteAction::Split(Split::new(sides, route.sticky.clone()))
+            }
             (Some(upstream), None) => match upstreams.get(upstream.as_str()) {
                 Some((index, shared)) => RouteAction::Forward {
                     upstream: Arc::clone(shared),
@@ -200,6 +224,13 @@ impl CompiledRoute {
     pub fn describe(&self) -> Value {
         let action = match &self.action {
             RouteAction::Forward { upstream, .. } => json!({ "upstream": &**upstream }),
+            RouteAction::Split(split) => json!({
+                "upstreams": split.sides().iter().map(|s| json!({
+                    "name": &*s.upstream,
+                    "weight": s.weight,
+                })).collect::<Vec<_>>(),
+                "sticky": split.sticky().map(ToString::to_string),
+            }),
             RouteAction::Direct(reply) => {
                 json!({ "direct_response": { "status": reply.status.as_u16() } })
             }
@@ -240,8 +271,29 @@ pub enum RouteAction {
         /// Position of the upstream in `Config::upstreams`.
         upstream_index: usize,
     },
+    /// Proxy the request to one of several upstreams, by weight.
+    Split(Split),
     /// Answer locally with a fixed response.
     Direct(DirectReply),
+}
+
+impl RouteAction {
+    /// The upstreams this action may forward to: (name, index) pairs, one for
+    /// a plain forward, one per side for a split, none for a direct reply.
+    pub fn upstreams(&self) -> Vec<(Arc<str>, usize)> {
+        match self {
+            RouteAction::Forward {
+                upstream,
+                upstream_index,
+            } => vec![(upstream.clone(), *upstream_index)],
+            RouteAction::Split(split) => split
+                .sides()
+                .iter()
+                .map(|s| (s.upstream.clone(), s.upstream_index))
+                .collect(),
+            RouteAction::Direct(_) => Vec::new(),
+        }
+    }
 }
 
 /// A fixed response, ready to send.
@@ -366,8 +418,9 @@ pub enum RouterError {
         /// The missing upstream.
         upstream: String,
     },
-    /// Neither or both of `upstream` and `direct_response` are set.
-    #[error("route {route:?}: set exactly one of upstream and direct_response")]
+    /// Not exactly one of `upstream`, `upstreams` and `direct_response` is
+    /// set, or a split has no positive weight.
+    #[error("route {route:?}: set exactly one of upstream, upstreams (with a positive weight) and direct_response")]
     InvalidAction {
         /// The route.
         route: String,

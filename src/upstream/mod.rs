@@ -5,12 +5,13 @@
 
 pub mod balancer;
 pub mod body;
+pub mod health;
 pub mod pool;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::{http1, http2};
@@ -18,7 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use weir_config::{HashOn, UpstreamProtocol};
 
-use crate::observe::metrics::{Metrics, UpstreamMetrics};
+use crate::observe::metrics::{Metrics, UpstreamMetrics, UpstreamPolicyMetrics};
+use crate::policy::circuit_breaker::{self, CircuitBreaker, ConnectionPermit, Overflow};
+use crate::policy::outlier::{Observation, OutlierDetector, OutlierSettings};
 pub use balancer::{hash_key, Balancer};
 pub use body::OutboundBody;
 use pool::{Http1Pool, Http2Pool};
@@ -41,7 +44,17 @@ pub struct UpstreamSet {
     pub hash_on: Option<HashOn>,
     /// Connection and latency metrics.
     pub metrics: UpstreamMetrics,
+    /// Circuit breaking, outlier and health metrics.
+    pub policy_metrics: UpstreamPolicyMetrics,
+    /// Caps on connections and requests, when configured.
+    pub breaker: Option<CircuitBreaker>,
+    /// Passive outlier detection, when configured.
+    pub outlier: Option<OutlierDetector>,
+    /// Active health checks, when configured (run by `health::run`).
+    pub health_check: Option<health::CheckSettings>,
     balancer: Balancer,
+    // Origin of the `now` passed to the outlier detector.
+    origin: Instant,
 }
 
 /// One service instance.
@@ -57,6 +70,8 @@ pub struct Target {
     pub http1: Http1Pool<OutboundBody>,
     /// Shared HTTP/2 connection.
     pub http2: Http2Pool<OutboundBody>,
+    /// State from active health checks.
+    pub health: health::TargetHealth,
     host: String,
     port: u16,
     resolved: ArcSwapOption<SocketAddr>,
@@ -78,6 +93,9 @@ pub enum ConnectError {
     /// The target's hostname did not resolve.
     #[error("target {0} has no resolved address")]
     Unresolved(Arc<str>),
+    /// The circuit breaker refused a new connection or a wait for one.
+    #[error("the circuit breaker's {} limit is reached", .0.as_str())]
+    CircuitOpen(Overflow),
     /// TCP connect did not finish in time.
     #[error("connecting to {addr} timed out after {timeout:?}")]
     Timeout {
@@ -117,27 +135,84 @@ impl UpstreamSet {
             .map(|t| Arc::new(Target::new(&t.address, t.weight, &cfg.keepalive)))
             .collect();
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        let breaker = cfg.circuit_breaker.map(|cb| {
+            CircuitBreaker::new(circuit_breaker::Limits {
+                max_connections: cb.max_connections,
+                max_pending: cb.max_pending,
+                max_requests: cb.max_requests,
+            })
+        });
+        let outlier = cfg.outlier_detection.map(|od| {
+            OutlierDetector::new(
+                targets.len(),
+                OutlierSettings {
+                    consecutive_5xx: od.consecutive_5xx,
+                    consecutive_connect_failures: od.consecutive_connect_failures,
+                    base_ejection: od.base_ejection.get(),
+                    max_ejection_percent: od.max_ejection_percent,
+                },
+            )
+        });
         UpstreamSet {
             name: Arc::from(cfg.name.as_str()),
             protocol: cfg.protocol,
             balancer: Balancer::new(cfg.load_balancing, &weights),
             hash_on: cfg.hash_on.clone(),
             metrics: metrics.upstream(&cfg.name),
+            policy_metrics: metrics.upstream_policy(&cfg.name),
+            breaker,
+            outlier,
+            health_check: cfg.health_check.as_ref().map(health::CheckSettings::from),
             targets,
+            origin: Instant::now(),
         }
     }
 
-    /// Picks a target for a request with hash `key`, skipping unresolved
-    /// targets. None when no target can take the request.
-    pub fn pick(&self, key: Option<u64>) -> Option<&Arc<Target>> {
+    /// Picks a target for a request with hash `key`: resolved, passing its
+    /// health checks, not ejected, and preferably not in `tried` (a bit per
+    /// target index already tried by this request; retries go elsewhere when
+    /// another target can take them). Returns the target's index with it.
+    /// None when no target can take the request.
+    pub fn pick(&self, key: Option<u64>, tried: u64) -> Option<(usize, &Arc<Target>)> {
         let targets = &self.targets;
-        self.balancer
-            .pick(
-                key,
-                |i| targets[i].addr().is_some(),
-                |i| targets[i].in_flight.load(Ordering::Relaxed),
-            )
-            .map(|i| &targets[i])
+        let now = self.outlier.as_ref().map(|_| self.origin.elapsed());
+        let usable = |i: usize| {
+            let t = &targets[i];
+            t.addr().is_some()
+                && t.health.is_healthy()
+                && match (&self.outlier, now) {
+                    (Some(o), Some(now)) => !o.is_ejected(i, now),
+                    _ => true,
+                }
+        };
+        let in_flight = |i: usize| targets[i].in_flight.load(Ordering::Relaxed);
+        let fresh = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let picked = if tried == 0 {
+            self.balancer.pick(key, usable, in_flight)
+        } else {
+            self.balancer
+                .pick(key, |i| usable(i) && fresh(i), in_flight)
+                .or_else(|| self.balancer.pick(key, usable, in_flight))
+        };
+        picked.map(|i| (i, &targets[i]))
+    }
+
+    /// Reports the result of one exchange with target `index` to outlier
+    /// detection; an ejection is logged and counted.
+    pub fn observe(&self, index: usize, observation: Observation) {
+        let Some(outlier) = &self.outlier else { return };
+        if let Some(ejection) = outlier.record(index, observation, self.origin.elapsed()) {
+            let target = self.targets.get(index).map_or("", |t| &t.address);
+            tracing::warn!(
+                upstream = %self.name,
+                target,
+                reason = ejection.reason.as_str(),
+                seconds = ejection.duration.as_secs_f64(),
+                times = ejection.times_ejected,
+                "target ejected by outlier detection"
+            );
+            self.policy_metrics.ejected(ejection.reason.as_str());
+        }
     }
 
     /// Opens a new connection to `target`, counting failures in metrics.
@@ -146,7 +221,17 @@ impl UpstreamSet {
         target: &Target,
         timeout: Duration,
     ) -> Result<Connection, ConnectError> {
-        let result = target.connect(self.protocol, timeout).await;
+        // While connecting, the request holds a pending slot; the open
+        // connection then holds a connection slot for as long as it lives.
+        let (_pending, permit) = match &self.breaker {
+            Some(b) => {
+                let pending = b.try_pending().map_err(|o| self.overflow(o))?;
+                let permit = b.try_connection().map_err(|o| self.overflow(o))?;
+                (Some(pending), Some(permit))
+            }
+            None => (None, None),
+        };
+        let result = target.connect(self.protocol, timeout, permit).await;
         match &result {
             Ok(_) => self.metrics.connections_opened.inc(),
             Err(_) => self.metrics.connect_errors.inc(),
@@ -154,18 +239,70 @@ impl UpstreamSet {
         result
     }
 
-    /// JSON view for the admin API.
+    /// Counts a breaker refusal and turns it into an error.
+    pub fn overflow(&self, overflow: Overflow) -> ConnectError {
+        let m = &self.policy_metrics;
+        match overflow {
+            Overflow::Connections => m.circuit_open_connections.inc(),
+            Overflow::Pending => m.circuit_open_pending.inc(),
+            Overflow::Requests => m.circuit_open_requests.inc(),
+        };
+        ConnectError::CircuitOpen(overflow)
+    }
+
+    /// JSON view for the admin API: each target's state and why.
     pub fn describe(&self) -> serde_json::Value {
+        let now = self.origin.elapsed();
+        let targets: Vec<serde_json::Value> = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let outlier = self.outlier.as_ref().map(|o| o.describe(i, now));
+                let ejected = outlier.is_some_and(|o| o.ejected);
+                let state = if t.addr().is_none() {
+                    "unresolved"
+                } else if !t.health.is_healthy() {
+                    "unhealthy"
+                } else if ejected {
+                    "ejected"
+                } else {
+                    "healthy"
+                };
+                serde_json::json!({
+                    "address": &*t.address,
+                    "resolved": t.addr().map(|a| a.to_string()),
+                    "weight": t.weight,
+                    "state": state,
+                    "health": self.health_check.as_ref().map(|_| t.health.describe()),
+                    "outlier": outlier.map(|o| serde_json::json!({
+                        "ejected": o.ejected,
+                        "ejected_for_seconds": o.remaining.as_secs_f64(),
+                        "times_ejected": o.times_ejected,
+                        "last_reason": o.last_reason.map(|r| r.as_str()),
+                    })),
+                    "in_flight": t.in_flight.load(Ordering::Relaxed),
+                    "idle_connections": t.http1.idle_count(),
+                })
+            })
+            .collect();
+        let breaker = self.breaker.as_ref().map(|b| {
+            let (connections, pending, requests) = b.counts();
+            let limits = b.limits();
+            serde_json::json!({
+                "connections": connections,
+                "pending": pending,
+                "requests": requests,
+                "max_connections": limits.max_connections,
+                "max_pending": limits.max_pending,
+                "max_requests": limits.max_requests,
+            })
+        });
         serde_json::json!({
             "name": &*self.name,
             "protocol": self.protocol.as_str(),
-            "targets": self.targets.iter().map(|t| serde_json::json!({
-                "address": &*t.address,
-                "resolved": t.addr().map(|a| a.to_string()),
-                "weight": t.weight,
-                "in_flight": t.in_flight.load(Ordering::Relaxed),
-                "idle_connections": t.http1.idle_count(),
-            })).collect::<Vec<_>>(),
+            "circuit_breaker": breaker,
+            "targets": targets,
         })
     }
 
@@ -195,6 +332,7 @@ impl Target {
             in_flight: AtomicUsize::new(0),
             http1: Http1Pool::new(keepalive.max_idle, keepalive.idle_timeout.get()),
             http2: Http2Pool::default(),
+            health: health::TargetHealth::default(),
             is_hostname: literal.is_none(),
             resolved: ArcSwapOption::from(literal.map(Arc::new)),
             host,
@@ -242,6 +380,7 @@ impl Target {
         &self,
         protocol: UpstreamProtocol,
         timeout: Duration,
+        permit: Option<ConnectionPermit>,
     ) -> Result<Connection, ConnectError> {
         let addr = self
             .addr()
@@ -262,6 +401,7 @@ impl Target {
                     .await
                     .map_err(|source| ConnectError::Handshake { addr, source })?;
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, error = %e, "upstream connection ended");
                     }
@@ -274,12 +414,25 @@ impl Target {
                     .await
                     .map_err(|source| ConnectError::Handshake { addr, source })?;
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
                     }
                 });
                 Ok(Connection::Http2(sender))
             }
+        }
+    }
+}
+
+/// Starts the background work of freshly built upstreams: connection
+/// maintenance and active health checks. Each task ends by itself once its
+/// upstream is dropped.
+pub fn start_background(sets: &[Arc<UpstreamSet>]) {
+    tokio::spawn(maintain(sets.iter().map(Arc::downgrade).collect()));
+    for set in sets {
+        if let Some(settings) = &set.health_check {
+            tokio::spawn(health::run(Arc::downgrade(set), settings.clone()));
         }
     }
 }

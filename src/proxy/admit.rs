@@ -1,0 +1,157 @@
+//! The admit stage: what a matched request must pass before weir picks an
+//! upstream for it. Injected faults first (a chaos drill's delay or error),
+//! then the route's rate limit. The decisions themselves are in `policy`;
+//! this stage asks, waits where a decision says so, and counts.
+
+use http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use http::request::Parts;
+
+use super::conn::ConnCtx;
+use super::deadline::{within, Deadline};
+use super::error::ProxyError;
+use super::policies::{Backend, RateLimiter, RoutePolicies};
+use crate::policy::rate_limit::{RateDecision, RATELIMIT, RATELIMIT_POLICY};
+use weir_config::{OnBackendError, RateKey};
+
+/// Headers a rate-limited route adds to its responses.
+#[derive(Debug)]
+pub struct RateHeaders {
+    policy: HeaderValue,
+    decision: RateDecision,
+}
+
+impl RateHeaders {
+    /// Adds `RateLimit-Policy`, `RateLimit` and, on a refusal, `Retry-After`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
+        headers.insert(RATELIMIT.clone(), self.decision.header());
+        if !self.decision.allowed {
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(self.decision.retry_after_secs()),
+            );
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The error response to send.
+    pub error: ProxyError,
+    /// Rate-limit headers to add to it.
+    pub rate: Option<RateHeaders>,
+}
+
+/// Runs the admit stage. `Ok` carries the rate-limit headers for the
+/// response when the route is rate limited.
+pub async fn admit(
+    policies: &RoutePolicies,
+    parts: &Parts,
+    ctx: &ConnCtx,
+    deadline: &mut Option<Deadline>,
+) -> Result<Option<RateHeaders>, Refusal> {
+    if let Some(fault) = &policies.fault {
+        let decision = fault.decide(&parts.headers, fastrand::f64);
+        if let Some(delay) = decision.delay {
+            policies.metrics.fault_delays.inc();
+            if within(deadline, tokio::time::sleep(delay)).await.is_none() {
+                return Err(Refusal {
+                    error: ProxyError::timeout(
+                        "the route's deadline passed during an injected delay",
+                    ),
+                    rate: None,
+                });
+            }
+        }
+        if let Some(status) = decision.abort {
+            policies.metrics.fault_aborts.inc();
+            return Err(Refusal {
+                error: ProxyError::fault_injected(status),
+                rate: None,
+            });
+        }
+    }
+    let Some(limiter) = &policies.rate_limit else {
+        return Ok(None);
+    };
+    let decision = match decide(limiter, policies, parts, ctx).await {
+        Some(d) => d,
+        // The backend could not answer and the policy let the request through.
+        None => return Ok(None),
+    };
+    let headers = RateHeaders {
+        policy: limiter.policy_header.clone(),
+        decision,
+    };
+    if decision.allowed {
+        Ok(Some(headers))
+    } else {
+        policies.metrics.rate_limited.inc();
+        Err(Refusal {
+            error: ProxyError::rate_limited(format!(
+                "the route's rate limit of {} requests per {} is spent; retry in {} s",
+                limiter.spec.requests,
+                weir_config::Duration(limiter.spec.per),
+                decision.retry_after_secs()
+            )),
+            rate: Some(headers),
+        })
+    }
+}
+
+/// Asks the limiter. None when the backend failed and `on_backend_error`
+/// allows the request; a refusal decision when it denies it.
+async fn decide(
+    limiter: &RateLimiter,
+    policies: &RoutePolicies,
+    parts: &Parts,
+    ctx: &ConnCtx,
+) -> Option<RateDecision> {
+    let key: Option<&[u8]> = match &limiter.key {
+        RateKey::ClientIp => Some(ctx.client_ip.as_bytes()),
+        // Requests without the header share one bucket: leaving them
+        // unlimited would make the limit trivial to bypass.
+        RateKey::Header(name) => Some(
+            parts
+                .headers
+                .get(name.as_str())
+                .map_or(&b""[..], |v| v.as_bytes()),
+        ),
+        RateKey::Route => None,
+    };
+    match &limiter.backend {
+        Backend::Local(local) => Some(local.admit(key, policies.now())),
+        Backend::Redis(redis) => {
+            let mut full = String::with_capacity(limiter.key_prefix.len() + 40);
+            full.push_str(&limiter.key_prefix);
+            if let Some(k) = key {
+                full.push_str(&String::from_utf8_lossy(k));
+            }
+            match redis.admit(&full, &limiter.spec).await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    let deny = limiter.on_backend_error == OnBackendError::Deny;
+                    if deny {
+                        policies.metrics.backend_errors_denied.inc();
+                    } else {
+                        policies.metrics.backend_errors_allowed.inc();
+                    }
+                    if limiter.should_log_error(policies.now()) {
+                        tracing::warn!(
+                            error = %e,
+                            decision = if deny { "deny" } else { "allow" },
+                            "rate limit backend unavailable; applying on_backend_error"
+                        );
+                    }
+                    deny.then_some(RateDecision {
+                        allowed: false,
+                        remaining: 0,
+                        reset: limiter.spec.per,
+                        retry_after: std::time::Duration::from_secs(1),
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The forward stage: admit the request, pick a target, send it, and when a
+//! try fails in a way the route retries, send it again (to another target
+//! when there is one), within the retry budget and the request's deadline.
+//!
+//! A retry needs the request again, so its body is kept in memory when it is
+//! small enough (`retry.max_body`, known from `Content-Length`); a larger or
+//! unsized body is streamed and the request is tried once. Each try reports
+//! its outcome to outlier detection; each holds a circuit-breaker slot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::admit::admit;
+use super::body::ResponseBody;
+use super::complete::{Completion, UpstreamUse};
+use super::deadline::{within, Deadline};
+use super::error::ProxyError;
+use super::forward;
+use super::mirror;
+use super::policies::RoutePolicies;
+use super::{hash_of, local_error};
+use crate::policy::deadline;
+use crate::policy::outlier::Observation;
+use crate::policy::retry::{Outcome, RetryPolicy};
+use crate::router::CompiledRoute;
+use crate::upstream::{OutboundBody, UpstreamSet};
+
+/// Forwards one admitted-to-route request; never fails: errors become
+/// responses.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run(
+    set: &UpstreamSet,
+    route: &CompiledRoute,
+    policies: &RoutePolicies,
+    mut parts: Parts,
+    body: Incoming,
+    host: Option<HeaderValue>,
+    request_id: HeaderValue,
+    mut done: Completion,
+) -> Response<ResponseBody> {
+    if let Some(log) = done.log.as_mut() {
+        log.upstream = Some(set.name.clone());
+    }
+
+    // The deadline: the route's, capped by what the caller will wait.
+    let incoming = deadline::incoming(&parts.headers);
+    let mut total = deadline::effective(route.request_timeout, incoming).map(|t| {
+        let at = tokio::time::Instant::from_std(done.start) + t;
+        Deadline::new(at, done.ctx.take_timer())
+    });
+
+    // Admit.
+    let rate = match admit(policies, &parts, &done.ctx, &mut total).await {
+        Ok(rate) => rate,
+        Err(refusal) => {
+            let mut resp = local_error(refusal.error, &request_id, done);
+            if let Some(rate) = refusal.rate {
+                rate.apply(resp.headers_mut());
+            }
+            return resp;
+        }
+    };
+
+    // Pick the first target.
+    let key = set.hash_on.as_ref().and_then(|h| hash_of(h, &parts, &done));
+    let Some((mut index, target)) = set.pick(key, 0) else {
+        return local_error(
+            ProxyError::no_healthy_upstream(&set.name),
+            &request_id,
+            done,
+        );
+    };
+    let mut target = target.clone();
+    if let Err(e) = forward::prepare_request(
+        &mut parts,
+        route,
+        set.protocol,
+        &done.ctx.client_ip,
+        host.as_ref(),
+        &target.address,
+        &request_id,
+    ) {
+        return local_error(e, &request_id, done);
+    }
+
+    // Which copies of the request are needed: one per retry, one for the
+    // mirror. Both need the body in memory.
+    if let Some(budget) = &policies.budget {
+        budget.record_request(policies.now());
+    }
+    let mut retry = policies
+        .retry
+        .as_ref()
+        .filter(|_| RetryPolicy::is_retryable_request(&parts.method, &parts.headers));
+    let mirror = policies
+        .mirror
+        .as_ref()
+        .filter(|m| mirror::selected(m, &parts.headers));
+    let keep = retry
+        .map(RetryPolicy::max_body)
+        .max(mirror.map(|m| m.max_body));
+    let mut body = Some(body);
+    let mut kept: Option<Bytes> = None;
+    if let Some(limit) = keep {
+        match read_small_body(&mut body, &parts, limit, &mut total).await {
+            Ok(bytes) => kept = bytes,
+            Err(e) => return local_error(e, &request_id, done),
+        }
+    }
+    let kept_len = kept.as_ref().map(Bytes::len);
+    if retry.is_some_and(|r| kept_len.is_none_or(|n| n > r.max_body())) {
+        retry = None;
+    }
+    if let Some(m) = mirror {
+        match &kept {
+            Some(b) if b.len() <= m.max_body => {
+                let shadow = done.snapshot.upstreams.get(m.upstream_index).cloned();
+                mirror::send(m, shadow, &parts, b.clone(), &policies.metrics);
+            }
+            _ => {
+                policies.metrics.mirror_dropped.inc();
+            }
+        }
+    }
+    let counter = match (&kept, done.log.is_some()) {
+        (None, true) => Some(Arc::new(AtomicU64::new(0))),
+        _ => None,
+    };
+    if let Some(log) = done.log.as_mut() {
+        log.bytes_in = counter
+            .clone()
+            .or_else(|| kept_len.map(|n| Arc::new(AtomicU64::new(n as u64))));
+    }
+
+    let attempts = retry.map_or(1, RetryPolicy::attempts);
+    let mut tried = 0u64;
+    let mut attempt = 1u32;
+    loop {
+        done.attempts = attempt;
+        let last = attempt >= attempts;
+        // The request for this try: the original on the last try, a copy
+        // before that.
+        let req_parts = if last {
+            std::mem::replace(&mut parts, empty_parts())
+        } else {
+            parts.clone()
+        };
+        let mut req_parts = req_parts;
+        if incoming.is_some() {
+            if let Some(t) = &total {
+                let remaining = t
+                    .at()
+                    .saturating_duration_since(tokio::time::Instant::now());
+                deadline::propagate(&mut req_parts.headers, remaining);
+            }
+        }
+        let out_body = match (&kept, body.take()) {
+            (Some(b), _) if b.is_empty() => OutboundBody::empty(),
+            (Some(b), _) => OutboundBody::Full(Some(b.clone())),
+            (None, Some(stream)) => OutboundBody::Stream(stream, counter.clone()),
+            (None, None) => OutboundBody::empty(),
+        };
+        let req = Request::from_parts(req_parts, out_body);
+
+        let permit = match &set.breaker {
+            Some(b) => match b.try_request() {
+                Ok(p) => Some(p),
+                Err(o) => {
+                    set.overflow(o);
+                    return local_error(
+                        ProxyError::circuit_open(&set.name, o.as_str()),
+                        &request_id,
+                        done,
+                    );
+                }
+            },
+            None => None,
+        };
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut per_try = policies.per_try.map(|p| {
+            let mut at = tokio::time::Instant::now() + p;
+            if let Some(t) = &total {
+                at = at.min(t.at());
+            }
+            Deadline::new(at, None)
+        });
+        let sent = Instant::now();
+        let result = {
+            let deadline = if per_try.is_some() {
+                &mut per_try
+            } else {
+                &mut total
+            };
+            forward::send(
+                Some(&done.ctx),
+                set,
+                &target,
+                req,
+                route.connect_timeout,
+                deadline,
+            )
+            .await
+        };
+        let elapsed = sent.elapsed();
+
+        // What happened, for outlier detection and the retry decision.
+        let outcome = match &result {
+            Ok(exchange) => {
+                let status = exchange.response.status().as_u16();
+                set.observe(
+                    index,
+                    if status >= 500 {
+                        Observation::Status5xx
+                    } else {
+                        Observation::Success
+                    },
+                );
+                Outcome::Status(status)
+            }
+            Err(e) => match e.code {
+                "upstream_connect_failed" => {
+                    set.observe(index, Observation::ConnectFailure);
+                    Outcome::ConnectFailure
+                }
+                "upstream_reset" => {
+                    set.observe(index, Observation::Reset);
+                    Outcome::Reset
+                }
+                // Only the try's own deadline can be retried; once the
+                // request's deadline has passed there is nothing left.
+                "upstream_timeout" if !expired(&total) => Outcome::Timeout,
+                _ => {
+                    target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    return finish_error(result, &target, elapsed, request_id, done);
+                }
+            },
+        };
+        let again = !last
+            && retry.is_some_and(|r| r.should_retry(attempt, &outcome))
+            && match &policies.budget {
+                Some(b) if b.try_withdraw(policies.now()) => true,
+                Some(_) => {
+                    policies.metrics.retry_budget_exhausted.inc();
+                    false
+                }
+                None => true,
+            };
+        if !again {
+            return match result {
+                Ok(exchange) => {
+                    set.metrics.response_duration.observe(elapsed);
+                    let mut response = exchange.response;
+                    forward::prepare_response(&mut response, route, &request_id);
+                    if let Some(rate) = &rate {
+                        rate.apply(response.headers_mut());
+                    }
+                    done.upstream = Some(UpstreamUse {
+                        target,
+                        conn: exchange.conn,
+                        elapsed,
+                        permit,
+                    });
+                    done.status = response.status();
+                    let (rparts, rbody) = response.into_parts();
+                    let mut body = ResponseBody::upstream(rbody, total, policies.idle);
+                    body.on_complete(done);
+                    Response::from_parts(rparts, body)
+                }
+                Err(_) => {
+                    target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    finish_error(result, &target, elapsed, request_id, done)
+                }
+            };
+        }
+
+        // Retry: release this try, wait, and pick a target not tried yet.
+        target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+        drop(result);
+        policies.metrics.retries.inc();
+        tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
+        let backoff = retry.map_or(Default::default(), |r| r.backoff(attempt, fastrand::f64()));
+        if within(&mut total, tokio::time::sleep(backoff))
+            .await
+            .is_none()
+        {
+            return local_error(
+                ProxyError::timeout("the route's deadline passed while waiting to retry"),
+                &request_id,
+                done,
+            );
+        }
+        attempt += 1;
+        match set.pick(key, tried) {
+            Some((i, t)) => {
+                index = i;
+                target = t.clone();
+            }
+            None => {
+                return local_error(
+                    ProxyError::no_healthy_upstream(&set.name),
+                    &request_id,
+                    done,
+                )
+            }
+        }
+    }
+}
+
+/// Ends a request whose last try failed, recording which target it was.
+fn finish_error(
+    result: Result<forward::Exchange, ProxyError>,
+    target: &Arc<crate::upstream::Target>,
+    elapsed: std::time::Duration,
+    request_id: HeaderValue,
+    mut done: Completion,
+) -> Response<ResponseBody> {
+    // The target's in-flight count was already released by the caller;
+    // record it for the access log only.
+    done.failed_target = Some((target.address.clone(), elapsed));
+    match result {
+        Err(e) => local_error(e, &request_id, done),
+        Ok(_) => local_error(
+            ProxyError::reset("the upstream exchange ended unexpectedly"),
+            &request_id,
+            done,
+        ),
+    }
+}
+
+fn expired(total: &Option<Deadline>) -> bool {
+    total
+        .as_ref()
+        .is_some_and(|t| t.at() <= tokio::time::Instant::now())
+}
+
+/// Reads the request body into memory when it is known to be at most
+/// `limit` bytes (no body at all, or a `Content-Length` within it). Leaves
+/// `body` in place and returns None otherwise, so it can still be streamed.
+async fn read_small_body(
+    body: &mut Option<Incoming>,
+    parts: &Parts,
+    limit: usize,
+    total: &mut Option<Deadline>,
+) -> Result<Option<Bytes>, ProxyError> {
+    let Some(incoming) = body.as_ref() else {
+        return Ok(None);
+    };
+    if hyper::body::Body::is_end_stream(incoming) {
+        *body = None;
+        return Ok(Some(Bytes::new()));
+    }
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if n <= limit as u64 => {}
+        _ => return Ok(None),
+    }
+    let Some(incoming) = body.take() else {
+        return Ok(None);
+    };
+    match within(total, Limited::new(incoming, limit).collect()).await {
+        None => Err(ProxyError::timeout(
+            "the route's deadline passed while reading the request body",
+        )),
+        Some(Ok(collected)) => Ok(Some(collected.to_bytes())),
+        Some(Err(e)) => Err(ProxyError::bad_request(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+fn empty_parts() -> Parts {
+    Request::new(()).into_parts().0
+}
