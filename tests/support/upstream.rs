@@ -170,6 +170,7 @@ pub struct UpstreamBuilder {
     routes: Vec<(String, Reply)>,
     default: Reply,
     latency: Duration,
+    queued: VecDeque<Reply>,
 }
 
 impl UpstreamBuilder {
@@ -182,6 +183,13 @@ impl UpstreamBuilder {
     /// Behaviour for every other path (default: echo).
     pub fn default_reply(mut self, reply: Reply) -> Self {
         self.default = reply;
+        self
+    }
+
+    /// The next request (whatever its path) gets `reply`; queued replies are
+    /// used up in order before the per-path behaviour applies again.
+    pub fn then(mut self, reply: Reply) -> Self {
+        self.queued.push_back(reply);
         self
     }
 
@@ -198,11 +206,13 @@ impl UpstreamBuilder {
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let shared = Arc::new(Shared {
-            routes: self.routes,
-            default: self.default,
+            routes: Mutex::new(self.routes),
+            default: Mutex::new(self.default),
+            queued: Mutex::new(self.queued),
             latency: self.latency,
             connections: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
         });
         let proto = self.proto;
         let state = shared.clone();
@@ -238,11 +248,13 @@ impl UpstreamBuilder {
 }
 
 struct Shared {
-    routes: Vec<(String, Reply)>,
-    default: Reply,
+    routes: Mutex<Vec<(String, Reply)>>,
+    default: Mutex<Reply>,
+    queued: Mutex<VecDeque<Reply>>,
     latency: Duration,
     connections: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
+    bodies: Mutex<Vec<Bytes>>,
 }
 
 /// A running in-process upstream. Stops accepting when dropped.
@@ -275,6 +287,7 @@ impl Upstream {
             routes: Vec::new(),
             default: Reply::echo(),
             latency: Duration::ZERO,
+            queued: VecDeque::new(),
         }
     }
 
@@ -300,6 +313,28 @@ impl Upstream {
     /// Every request head received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// Changes the behaviour for `path` from now on.
+    pub fn set_route(&self, path: &str, reply: Reply) {
+        let mut routes = self.shared.routes.lock().unwrap();
+        routes.retain(|(p, _)| p != path);
+        routes.push((path.to_owned(), reply));
+    }
+
+    /// Changes the behaviour for every path without a route from now on.
+    pub fn set_default(&self, reply: Reply) {
+        *self.shared.default.lock().unwrap() = reply;
+    }
+
+    /// Queues `reply` for the next request (see `UpstreamBuilder::then`).
+    pub fn queue(&self, reply: Reply) {
+        self.shared.queued.lock().unwrap().push_back(reply);
+    }
+
+    /// The bodies of the requests answered by `Reply::echo()`, in order.
+    pub fn echoed_bodies(&self) -> Vec<Bytes> {
+        self.shared.bodies.lock().unwrap().clone()
     }
 
     /// The last request head received.
@@ -373,12 +408,17 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<U
         version: req.version(),
         headers: req.headers().clone(),
     });
-    let reply = state
-        .routes
-        .iter()
-        .find(|(p, _)| p == req.uri().path())
-        .map(|(_, r)| r.clone())
-        .unwrap_or_else(|| state.default.clone());
+    let queued = state.queued.lock().unwrap().pop_front();
+    let reply = queued.unwrap_or_else(|| {
+        state
+            .routes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == req.uri().path())
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| state.default.lock().unwrap().clone())
+    });
     let delay = state.latency + reply.delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -393,6 +433,7 @@ async fn handle(state: Arc<Shared>, req: Request<Incoming>) -> Result<Response<U
         Kind::Echo => {
             let (parts, body) = req.into_parts();
             let body = body.collect().await?.to_bytes();
+            state.bodies.lock().unwrap().push(body.clone());
             let headers: Vec<(String, String)> = parts
                 .headers
                 .iter()
