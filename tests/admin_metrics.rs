@@ -281,22 +281,6 @@ async fn logged_gateway(up: &Upstream, log: &TempPath) -> TestGateway {
     .await
 }
 
-/// Waits until the access log at `log` holds at least `want` lines and
-/// returns every line, parsed.
-async fn access_log_lines(log: &TempPath, want: usize) -> Vec<serde_json::Value> {
-    let mut lines: Vec<serde_json::Value> = Vec::new();
-    eventually(IO_TIMEOUT, &format!("{want} access log lines"), || {
-        let text = std::fs::read_to_string(&log.0).unwrap_or_default();
-        lines = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}")))
-            .collect();
-        std::future::ready(lines.len() >= want)
-    })
-    .await;
-    lines
-}
-
 /// The one line of `lines` for request `id`.
 fn line_for(lines: &[serde_json::Value], id: &str) -> serde_json::Value {
     let found: Vec<&serde_json::Value> = lines.iter().filter(|l| l["request_id"] == id).collect();

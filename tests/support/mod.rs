@@ -111,6 +111,22 @@ impl Drop for TempPath {
     }
 }
 
+/// Waits until the access log at `log` holds at least `want` lines and
+/// returns every line, parsed.
+pub async fn access_log_lines(log: &TempPath, want: usize) -> Vec<serde_json::Value> {
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    eventually(IO_TIMEOUT, &format!("{want} access log lines"), || {
+        let text = std::fs::read_to_string(&log.0).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}")))
+            .collect();
+        std::future::ready(lines.len() >= want)
+    })
+    .await;
+    lines
+}
+
 /// An address on which nothing listens: bound, read, released.
 pub fn closed_port() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
