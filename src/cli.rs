@@ -134,11 +134,31 @@ pub fn summary(path: &Path, c: &Config) -> String {
         if !m.query.is_empty() {
             cond.push(format!("query={}", m.query.len()));
         }
-        let target = match (&r.upstream, &r.direct_response) {
-            (Some(u), _) => format!("-> {u}"),
-            (None, Some(d)) => format!("-> direct {}", d.status),
-            (None, None) => "-> ?".into(),
+        let mut target = match (&r.upstream, &r.upstreams, &r.direct_response) {
+            (Some(u), _, _) => format!("-> {u}"),
+            (None, Some(split), _) => {
+                let sides: Vec<String> = split
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.weight))
+                    .collect();
+                format!("-> {}", sides.join(", "))
+            }
+            (None, None, Some(d)) => format!("-> direct {}", d.status),
+            (None, None, None) => "-> ?".into(),
         };
+        let policies: Vec<&str> = [
+            ("retry", r.retry.is_some()),
+            ("rate_limit", r.rate_limit.is_some()),
+            ("fault", r.fault.is_some()),
+            ("mirror", r.mirror.is_some()),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+        if !policies.is_empty() {
+            target.push_str(&format!(" [{}]", policies.join(", ")));
+        }
         let cond = if cond.is_empty() {
             "any".to_owned()
         } else {
@@ -153,13 +173,28 @@ pub fn summary(path: &Path, c: &Config) -> String {
             .iter()
             .map(|t| format!("{} (w{})", t.address, t.weight))
             .collect();
+        let policies: Vec<&str> = [
+            ("health_check", u.health_check.is_some()),
+            ("outlier_detection", u.outlier_detection.is_some()),
+            ("circuit_breaker", u.circuit_breaker.is_some()),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+        let policies = if policies.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", policies.join(", "))
+        };
         let _ = writeln!(
             s,
-            "  {:<16} {} {} {}",
+            "  {:<16} {} {} {}{}",
             u.name,
             u.load_balancing,
             u.protocol,
-            targets.join(", ")
+            targets.join(", "),
+            policies
         );
     }
     s
