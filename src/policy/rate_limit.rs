@@ -133,8 +133,20 @@ impl RateDecision {
     /// The `RateLimit` value: `"default";r=<remaining>;t=<seconds until the
     /// allowance is whole, rounded up>`.
     pub fn header(&self) -> HeaderValue {
-        let reset = ceil_secs(self.reset);
-        ascii_value(format!("\"default\";r={};t={reset}", self.remaining))
+        // Written by hand rather than with `format!`: this runs for every
+        // response on a rate-limited route.
+        let mut buf = [0u8; 64];
+        let mut len = 0;
+        for part in [
+            &b"\"default\";r="[..],
+            digits(self.remaining).as_slice(),
+            b";t=",
+            digits(ceil_secs(self.reset)).as_slice(),
+        ] {
+            buf[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
+        HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// The `Retry-After` seconds for a refused request: rounded up, at least
@@ -337,6 +349,33 @@ fn saturating_nanos(d: Duration) -> u64 {
 
 fn clamp(n: u128) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The decimal digits of `n`, in a small inline vector (at most 20).
+fn digits(mut n: u64) -> Digits {
+    let mut out = Digits {
+        buf: [0; 20],
+        start: 20,
+    };
+    loop {
+        out.start -= 1;
+        out.buf[out.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 fn ceil_secs(d: Duration) -> u64 {

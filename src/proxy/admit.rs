@@ -5,6 +5,7 @@
 
 use http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use http::request::Parts;
+use std::time::Instant;
 
 use super::conn::ConnCtx;
 use super::deadline::{within, Deadline};
@@ -50,6 +51,7 @@ pub async fn admit(
     parts: &Parts,
     ctx: &ConnCtx,
     deadline: &mut Option<Deadline>,
+    start: Instant,
 ) -> Result<Option<RateHeaders>, Refusal> {
     if let Some(fault) = &policies.fault {
         let decision = fault.decide(&parts.headers, fastrand::f64);
@@ -75,7 +77,7 @@ pub async fn admit(
     let Some(limiter) = &policies.rate_limit else {
         return Ok(None);
     };
-    let decision = match decide(limiter, policies, parts, ctx).await {
+    let decision = match decide(limiter, policies, parts, ctx, start).await {
         Some(d) => d,
         // The backend could not answer and the policy let the request through.
         None => return Ok(None),
@@ -107,6 +109,7 @@ async fn decide(
     policies: &RoutePolicies,
     parts: &Parts,
     ctx: &ConnCtx,
+    start: Instant,
 ) -> Option<RateDecision> {
     let key: Option<&[u8]> = match &limiter.key {
         RateKey::ClientIp => Some(ctx.client_ip.as_bytes()),
@@ -121,7 +124,7 @@ async fn decide(
         RateKey::Route => None,
     };
     match &limiter.backend {
-        Backend::Local(local) => Some(local.admit(key, policies.now())),
+        Backend::Local(local) => Some(local.admit(key, policies.now_at(start))),
         Backend::Redis(redis) => {
             let mut full = String::with_capacity(limiter.key_prefix.len() + 40);
             full.push_str(&limiter.key_prefix);

@@ -84,7 +84,7 @@ async fn exchange(
     connect_timeout: std::time::Duration,
 ) -> Result<(), String> {
     let (_, target) = set
-        .pick(None, 0)
+        .pick(None, 0, std::time::Instant::now())
         .ok_or_else(|| "no available target".to_owned())?;
     let target = target.clone();
     let _permit = match &set.breaker {

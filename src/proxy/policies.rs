@@ -215,6 +215,11 @@ impl RoutePolicies {
     pub fn now(&self) -> Duration {
         self.origin.elapsed()
     }
+
+    /// `at` on this route's policy clock (a request reads the clock once).
+    pub fn now_at(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.origin)
+    }
 }
 
 /// Every few seconds, forgets rate-limit keys whose allowance is whole

@@ -58,7 +58,7 @@ pub(super) async fn run(
     });
 
     // Admit.
-    let rate = match admit(policies, &parts, &done.ctx, &mut total).await {
+    let rate = match admit(policies, &parts, &done.ctx, &mut total, done.start).await {
         Ok(rate) => rate,
         Err(refusal) => {
             let mut resp = local_error(refusal.error, &request_id, done);
@@ -71,7 +71,7 @@ pub(super) async fn run(
 
     // Pick the first target.
     let key = set.hash_on.as_ref().and_then(|h| hash_of(h, &parts, &done));
-    let Some((mut index, target)) = set.pick(key, 0) else {
+    let Some((mut index, target)) = set.pick(key, 0, done.start) else {
         return local_error(
             ProxyError::no_healthy_upstream(&set.name),
             &request_id,
@@ -94,7 +94,7 @@ pub(super) async fn run(
     // Which copies of the request are needed: one per retry, one for the
     // mirror. Both need the body in memory.
     if let Some(budget) = &policies.budget {
-        budget.record_request(policies.now());
+        budget.record_request(policies.now_at(done.start));
     }
     let mut retry = policies
         .retry
@@ -159,6 +159,17 @@ pub(super) async fn run(
                 let remaining = t
                     .at()
                     .saturating_duration_since(tokio::time::Instant::now());
+                // Less than a millisecond would go out as `0`, which some
+                // services read as "no deadline": fail here instead.
+                if remaining < std::time::Duration::from_millis(1) {
+                    return local_error(
+                        ProxyError::timeout(
+                            "the caller's deadline passed before the request was sent",
+                        ),
+                        &request_id,
+                        done,
+                    );
+                }
                 deadline::propagate(&mut req_parts.headers, remaining);
             }
         }
@@ -210,6 +221,7 @@ pub(super) async fn run(
             .await
         };
         let elapsed = sent.elapsed();
+        let now = sent + elapsed;
 
         // What happened, for outlier detection and the retry decision.
         let outcome = match &result {
@@ -222,21 +234,28 @@ pub(super) async fn run(
                     } else {
                         Observation::Success
                     },
+                    now,
                 );
                 Outcome::Status(status)
             }
             Err(e) => match e.code {
                 "upstream_connect_failed" => {
-                    set.observe(index, Observation::ConnectFailure);
+                    set.observe(index, Observation::ConnectFailure, now);
                     Outcome::ConnectFailure
                 }
                 "upstream_reset" => {
-                    set.observe(index, Observation::Reset);
+                    set.observe(index, Observation::Reset, now);
                     Outcome::Reset
                 }
                 // Only the try's own deadline can be retried; once the
                 // request's deadline has passed there is nothing left.
-                "upstream_timeout" if !expired(&total) => Outcome::Timeout,
+                "upstream_timeout" if !expired(&total) => {
+                    // The target missed the try's deadline: as slow as a
+                    // 504, for outlier detection. A request deadline that
+                    // the client chose short is not held against it.
+                    set.observe(index, Observation::Status5xx, now);
+                    Outcome::Timeout
+                }
                 _ => {
                     target.in_flight.fetch_sub(1, Ordering::Relaxed);
                     return finish_error(result, &target, elapsed, request_id, done);
@@ -246,7 +265,7 @@ pub(super) async fn run(
         let again = !last
             && retry.is_some_and(|r| r.should_retry(attempt, &outcome))
             && match &policies.budget {
-                Some(b) if b.try_withdraw(policies.now()) => true,
+                Some(b) if b.try_withdraw(policies.now_at(now)) => true,
                 Some(_) => {
                     policies.metrics.retry_budget_exhausted.inc();
                     false
@@ -299,7 +318,7 @@ pub(super) async fn run(
             );
         }
         attempt += 1;
-        match set.pick(key, tried) {
+        match set.pick(key, tried, Instant::now()) {
             Some((i, t)) => {
                 index = i;
                 target = t.clone();

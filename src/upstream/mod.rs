@@ -173,9 +173,18 @@ impl UpstreamSet {
     /// target index already tried by this request; retries go elsewhere when
     /// another target can take them). Returns the target's index with it.
     /// None when no target can take the request.
-    pub fn pick(&self, key: Option<u64>, tried: u64) -> Option<(usize, &Arc<Target>)> {
+    /// `now` is the caller's reading of the clock (one per request is enough).
+    pub fn pick(
+        &self,
+        key: Option<u64>,
+        tried: u64,
+        now: Instant,
+    ) -> Option<(usize, &Arc<Target>)> {
         let targets = &self.targets;
-        let now = self.outlier.as_ref().map(|_| self.origin.elapsed());
+        let now = self
+            .outlier
+            .as_ref()
+            .map(|_| now.saturating_duration_since(self.origin));
         let usable = |i: usize| {
             let t = &targets[i];
             t.addr().is_some()
@@ -199,9 +208,10 @@ impl UpstreamSet {
 
     /// Reports the result of one exchange with target `index` to outlier
     /// detection; an ejection is logged and counted.
-    pub fn observe(&self, index: usize, observation: Observation) {
+    pub fn observe(&self, index: usize, observation: Observation, now: Instant) {
         let Some(outlier) = &self.outlier else { return };
-        if let Some(ejection) = outlier.record(index, observation, self.origin.elapsed()) {
+        let now = now.saturating_duration_since(self.origin);
+        if let Some(ejection) = outlier.record(index, observation, now) {
             let target = self.targets.get(index).map_or("", |t| &t.address);
             tracing::warn!(
                 upstream = %self.name,
