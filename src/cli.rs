@@ -72,8 +72,15 @@ pub fn main() -> ExitCode {
 }
 
 fn run(path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::server::run(config, threads)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let config = Config::from_yaml_in(&text, &path.display().to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let source = crate::server::Source {
+        path: path.to_owned(),
+        hash: crate::reload::config_hash(&text),
+    };
+    crate::server::run(config, Some(source), threads)?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! - `observe`: metrics (all declared in `observe/metrics.rs`) and the access log.
 //! - `proxy`: the request pipeline; the only module that drives hyper bodies
 //!   and stitches the others together.
+//! - `reload`: the one path every configuration reload takes (file watch, SIGHUP, admin).
 //! - `snapshot` / `state`: the compiled config and the process-wide handle to it.
 //! - `server`: listeners, accept loops, graceful shutdown. `admin`: the operator API.
 //! - `cli`: the command line; the only place that uses `anyhow`.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -19,6 +19,7 @@ use weir_config::{Config, ListenerProtocol};
 use crate::admin;
 use crate::observe::{AccessLog, Metrics};
 use crate::proxy::{self, ConnCtx};
+use crate::reload::Reloader;
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
 use crate::upstream;
@@ -47,6 +48,15 @@ pub enum ServerError {
     Runtime(std::io::Error),
 }
 
+/// Where a configuration came from, for reloads.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Hash of its text (`reload::config_hash`).
+    pub hash: String,
+}
+
 /// A running gateway.
 pub struct Gateway {
     state: Arc<State>,
@@ -60,8 +70,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Compiles `config`, binds every listener and starts serving.
+    /// Compiles `config`, binds every listener and starts serving. Without
+    /// a source file there is nothing to reload.
     pub async fn start(config: Config) -> Result<Gateway, ServerError> {
+        Self::start_with(config, None).await
+    }
+
+    /// Like `start`, for a configuration read from `source`: the file is
+    /// then watched and reloaded on change, on SIGHUP and on
+    /// `POST /config/reload`.
+    pub async fn start_with(
+        config: Config,
+        source: Option<Source>,
+    ) -> Result<Gateway, ServerError> {
         let metrics = Arc::new(Metrics::new());
         let access_log = if config.access_log.enabled {
             Some(
@@ -77,9 +98,18 @@ impl Gateway {
         let grace = config.runtime.shutdown_grace.get();
         let listener_cfgs = config.listeners.clone();
         let admin_cfg = config.admin.clone();
-        let snapshot = Snapshot::build(config, &metrics)?;
+        let mut snapshot = Snapshot::build(config, &metrics, None)?;
+        if let Some(s) = &source {
+            snapshot.hash = Arc::from(s.hash.as_str());
+            metrics.set_config_hash("", &s.hash);
+        }
         upstream::start_background(&snapshot.upstreams);
         let state = Arc::new(State::new(snapshot, metrics, access_log));
+        if let Some(s) = &source {
+            let reloader = Reloader::new(&s.path, state.clone());
+            let _ = state.reloader.set(reloader.clone());
+            tokio::spawn(reloader.watch());
+        }
         tokio::spawn(crate::proxy::maintain_policies(Arc::downgrade(&state)));
 
         let (stop, stop_rx) = watch::channel(false);
@@ -321,15 +351,16 @@ async fn serve_connection(
 }
 
 /// Runs a gateway until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run_until_signal(config: Config) -> Result<(), ServerError> {
-    let gateway = Gateway::start(config).await?;
-    wait_for_signal().await;
+/// SIGHUP reloads the configuration file.
+pub async fn run_until_signal(config: Config, source: Option<Source>) -> Result<(), ServerError> {
+    let gateway = Gateway::start_with(config, source).await?;
+    wait_for_signal(gateway.state()).await;
     tracing::info!("shutdown signal received");
     gateway.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal(state: &Arc<State>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -339,8 +370,7 @@ async fn wait_for_signal() {
             return;
         }
     };
-    // SIGHUP's default action would kill the process; until live reload
-    // exists it is acknowledged and ignored.
+    // SIGHUP reloads (its default action would kill the process).
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
         tokio::select! {
@@ -352,7 +382,14 @@ async fn wait_for_signal() {
                     None => std::future::pending().await,
                 }
             } => {
-                tracing::warn!("SIGHUP received: live configuration reload is not supported yet; restart weir to apply changes");
+                match state.reloader.get() {
+                    Some(r) => {
+                        tracing::info!("SIGHUP received: reloading the configuration");
+                        let r = r.clone();
+                        tokio::spawn(async move { r.reload("signal").await });
+                    }
+                    None => tracing::warn!("SIGHUP received, but weir was not started from a file: nothing to reload"),
+                }
             }
         }
     }
@@ -360,7 +397,11 @@ async fn wait_for_signal() {
 
 /// Builds the runtime (`threads` workers; 1 = a single-threaded runtime) and
 /// runs the gateway on it until a shutdown signal.
-pub fn run(config: Config, threads: Option<usize>) -> Result<(), ServerError> {
+pub fn run(
+    config: Config,
+    source: Option<Source>,
+    threads: Option<usize>,
+) -> Result<(), ServerError> {
     let threads = threads
         .or(config.runtime.threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -380,7 +421,7 @@ pub fn run(config: Config, threads: Option<usize>) -> Result<(), ServerError> {
         version = env!("CARGO_PKG_VERSION"),
         "starting weir"
     );
-    let result = runtime.block_on(run_until_signal(config));
+    let result = runtime.block_on(run_until_signal(config, source));
     // Connections still open after the grace are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result

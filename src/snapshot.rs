@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub route_policies: Vec<RoutePolicies>,
     /// The Redis client of `backend: redis` rate limits, when configured.
     pub redis: Option<Arc<RedisLimiter>>,
+    /// Hash of the configuration file's text (`crate::reload::config_hash`);
+    /// empty when the configuration did not come from a file.
+    pub hash: Arc<str>,
 }
 
 /// Why a validated configuration could not be compiled.
@@ -48,13 +51,36 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    /// Compiles a validated configuration.
-    pub fn build(config: Config, metrics: &Metrics) -> Result<Snapshot, BuildError> {
+    /// Compiles a validated configuration. With `previous` (a reload), state
+    /// carries over by name: an upstream whose configuration is unchanged is
+    /// the same `UpstreamSet` (its pools, health, ejections and breaker
+    /// counts), a changed one keeps its targets' drain marks; a route keeps
+    /// its rate-limit buckets and retry budget while their settings are
+    /// unchanged; the Redis client is kept while `redis` is unchanged.
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, BuildError> {
         let routes = RouteTable::build(&config)?;
         let upstreams: Vec<Arc<UpstreamSet>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(UpstreamSet::build(u, metrics)))
+            .map(|u| {
+                let old = previous.and_then(|p| {
+                    let i = p.config.upstreams.iter().position(|o| o.name == u.name)?;
+                    Some((&p.config.upstreams[i], p.upstreams.get(i)?))
+                });
+                match old {
+                    Some((cfg, set)) if cfg == u => set.clone(),
+                    Some((_, set)) => {
+                        let fresh = UpstreamSet::build(u, metrics);
+                        fresh.inherit_drains(set);
+                        Arc::new(fresh)
+                    }
+                    None => Arc::new(UpstreamSet::build(u, metrics)),
+                }
+            })
             .collect();
         let mut by_order: Vec<_> = routes.routes().iter().collect();
         by_order.sort_by_key(|r| r.order);
@@ -69,15 +95,25 @@ impl Snapshot {
                     .collect(),
             })
             .collect();
-        let redis = match &config.redis {
-            Some(r) => Some(Arc::new(RedisLimiter::new(&r.url, r.timeout.get())?)),
-            None => None,
+        let kept_redis = previous
+            .filter(|p| p.config.redis == config.redis)
+            .and_then(|p| p.redis.clone());
+        let redis = match (&config.redis, kept_redis) {
+            (Some(_), Some(kept)) => Some(kept),
+            (Some(r), None) => Some(Arc::new(RedisLimiter::new(&r.url, r.timeout.get())?)),
+            (None, _) => None,
         };
         let upstream_index = |name: &str| config.upstreams.iter().position(|u| u.name == name);
         let route_policies = config
             .routes
             .iter()
-            .map(|r| RoutePolicies::build(r, upstream_index, redis.as_ref(), metrics))
+            .map(|r| {
+                let old = previous.and_then(|p| {
+                    let i = p.config.routes.iter().position(|o| o.name == r.name)?;
+                    Some((&p.config.routes[i], p.route_policies.get(i)?))
+                });
+                RoutePolicies::build(r, upstream_index, redis.as_ref(), metrics, old)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Snapshot {
             config: Arc::new(config),
@@ -87,6 +123,7 @@ impl Snapshot {
             unrouted_metrics: metrics.route("", ""),
             route_policies,
             redis,
+            hash: Arc::from(""),
         })
     }
 }

@@ -22,6 +22,8 @@ pub struct State {
     pub access_log: Option<AccessLog>,
     /// When the process started.
     pub started: Instant,
+    /// Reloads the configuration file, when weir was started from one.
+    pub reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -34,6 +36,7 @@ impl State {
             metrics,
             access_log,
             started: Instant::now(),
+            reloader: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }

@@ -442,7 +442,7 @@ upstreams:
 }
 
 #[test]
-fn sighup_is_logged_and_ignored_then_sigterm_still_exits_zero() {
+fn sighup_reloads_the_file_and_sigterm_still_exits_zero() {
     // One thread: weir installs its signal handlers before that thread
     // serves anything, so a served request proves they are in place.
     let text = "\
@@ -498,6 +498,24 @@ routes:
     assert!(
         !gw.log().contains("shutdown signal received"),
         "SIGHUP started a shutdown; log:\n{}",
+        gw.log()
+    );
+
+    // A changed file is picked up (by the watcher or the next SIGHUP).
+    std::fs::write(file.path(), text.replace("hi\\n", "hello\\n")).expect("rewrite config");
+    send_signal(&gw, "HUP");
+    let reloaded = eventually(Duration::from_secs(10), || {
+        let resp = get_hi(&gw);
+        (resp.body == "hello\n").then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "the new body never appeared; log:\n{}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("configuration reloaded"),
+        "log:\n{}",
         gw.log()
     );
 

@@ -15,9 +15,11 @@
 //! ```
 #![warn(missing_docs)]
 
+mod diff;
 mod error;
 mod lines;
 mod listener;
+mod observability;
 mod policy;
 mod route;
 mod units;
@@ -28,8 +30,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use diff::ConfigDiff;
 pub use error::{ConfigError, ConfigErrors};
 pub use listener::{Listener, ListenerProtocol};
+pub use observability::{OtlpEndpoint, Tracing};
 pub use policy::{
     Backoff, CircuitBreaker, Fault, FaultAbort, FaultDelay, HealthCheck, HealthCheckKind, Mirror,
     Number, OnBackendError, OutlierDetection, RateBackend, RateKey, RateLimit, Redis, Retry,
@@ -64,6 +68,9 @@ pub struct Config {
     /// The Redis server used by `backend: redis` rate limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<Redis>,
+    /// Distributed tracing. Absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
 }
 
 /// Process-wide settings.
@@ -126,6 +133,12 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors::single(Some(file.clone()), format!("cannot read: {e}")))?;
         Self::parse(&text, Some(file))
+    }
+
+    /// Parses and validates configuration text read from `file` (named in
+    /// errors).
+    pub fn from_yaml_in(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        Self::parse(text, Some(file.to_owned()))
     }
 
     fn parse(text: &str, file: Option<String>) -> Result<Config, ConfigErrors> {

@@ -44,6 +44,11 @@ pub(crate) fn validate(config: &Config, index: &LineIndex) -> Vec<ConfigError> {
     v.routes(config);
     v.upstreams(config);
     v.redis(config);
+    if let Some(tracing) = &config.tracing {
+        for (path, message) in crate::observability::validate_tracing(tracing) {
+            v.error(path, message);
+        }
+    }
     let mut errors = v.errors;
     // Checks run section by section, but the file may order sections (and map
     // keys, which the model stores sorted) differently. The sort is stable, so

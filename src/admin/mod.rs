@@ -1,6 +1,8 @@
-//! The admin (operator) listener: liveness, readiness, metrics, and read-only
-//! views of the effective configuration, routes and upstreams. It reads
-//! through the shared `State` and never changes request-path state itself.
+//! The admin (operator) listener: liveness, readiness, metrics, read-only
+//! views of the effective configuration, routes and upstreams, and the
+//! operator actions: reload the configuration (through `reload`, the one
+//! reload path) and drain a target. It reads through the shared `State`;
+//! its only writes are a target's drain mark and asking for a reload.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,7 +31,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+                async move { Ok::<_, Infallible>(answer(&state, &req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -38,10 +40,16 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
     }
 }
 
-fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if req.method() == Method::POST {
+        return action(state, path).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET for views, POST for /config/reload and target drains\n",
+        );
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -83,12 +91,66 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "ready": state.is_ready(),
             "draining": state.is_draining(),
             "connections": state.metrics.downstream_active(),
+            "config_hash": &*state.snapshot.load().hash,
+            "config_file": state.reloader.get().map(|r| r.path().display().to_string()),
         })),
         _ => text(
             StatusCode::NOT_FOUND,
             "unknown admin path; try /healthz /ready /metrics /config /routes /upstreams /status\n",
         ),
     }
+}
+
+/// `POST` endpoints: `/config/reload` and
+/// `/upstreams/{name}/targets/{address}/drain` (or `/undrain`).
+async fn action(state: &State, path: &str) -> Response<Full<Bytes>> {
+    if path == "/config/reload" {
+        let Some(reloader) = state.reloader.get() else {
+            return with_status(
+                StatusCode::CONFLICT,
+                json(&serde_json::json!({
+                    "result": "failure",
+                    "errors": ["weir was not started from a configuration file: nothing to reload"],
+                })),
+            );
+        };
+        return match reloader.reload("admin").await {
+            Ok(report) => json(&serde_json::json!({
+                "result": if report.changes.is_empty() { "unchanged" } else { "success" },
+                "hash": report.hash,
+                "changes": report.changes,
+            })),
+            Err(e) => with_status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json(&serde_json::json!({ "result": "failure", "errors": e.messages() })),
+            ),
+        };
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["upstreams", name, "targets", address, verb @ ("drain" | "undrain")] = parts[..] {
+        let snapshot = state.snapshot.load();
+        let Some(set) = snapshot.upstreams.iter().find(|u| &*u.name == name) else {
+            return text(StatusCode::NOT_FOUND, "no such upstream\n");
+        };
+        let draining = verb == "drain";
+        if !set.set_draining(address, draining) {
+            return text(StatusCode::NOT_FOUND, "no such target in this upstream\n");
+        }
+        return json(&serde_json::json!({
+            "upstream": name,
+            "target": address,
+            "draining": draining,
+        }));
+    }
+    text(
+        StatusCode::NOT_FOUND,
+        "unknown admin action; try POST /config/reload or /upstreams/NAME/targets/ADDRESS/drain\n",
+    )
+}
+
+fn with_status(status: StatusCode, mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    *resp.status_mut() = status;
+    resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -99,6 +99,18 @@ pub struct Metrics {
     access_log_dropped: Counter,
     rejected: Family<ReasonLabel, Counter>,
     policy: PolicyFamilies,
+    reloads: Family<ResultLabel, Counter>,
+    config_info: Family<HashLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HashLabel {
+    hash: String,
 }
 
 /// The governance families; see `RoutePolicyMetrics` and
@@ -245,6 +257,18 @@ impl Metrics {
         registry.register("weir_build_info", "Build information; always 1", build_info);
         let policy = PolicyFamilies::default();
         policy.register(&mut registry);
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "weir_config_reloads",
+            "Configuration reloads, by result (success, failure)",
+            reloads.clone(),
+        );
+        let config_info = Family::<HashLabel, Gauge>::default();
+        registry.register(
+            "weir_config_info",
+            "The running configuration: 1 for the hash of its file",
+            config_info.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -257,6 +281,34 @@ impl Metrics {
             access_log_dropped,
             rejected,
             policy,
+            reloads,
+            config_info,
+        }
+    }
+
+    /// Counts a reload that applied changes (`true`) or was refused.
+    pub fn config_reloaded(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publishes the running configuration's hash, replacing `old`.
+    pub fn set_config_hash(&self, old: &str, new: &str) {
+        if !old.is_empty() {
+            self.config_info.remove(&HashLabel {
+                hash: old.to_owned(),
+            });
+        }
+        if !new.is_empty() {
+            self.config_info
+                .get_or_create(&HashLabel {
+                    hash: new.to_owned(),
+                })
+                .set(1);
         }
     }
 

@@ -24,8 +24,9 @@ const BACKEND_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct RoutePolicies {
     /// Retries, when configured.
     pub retry: Option<RetryPolicy>,
-    /// The retry budget, when retries are configured.
-    pub budget: Option<RetryBudget>,
+    /// The retry budget, when retries are configured (shared with the
+    /// route's next snapshot when its budget settings do not change).
+    pub budget: Option<Arc<RetryBudget>>,
     /// Deadline of each try (`retry.per_try_timeout`, else `timeouts.per_try`).
     pub per_try: Option<Duration>,
     /// Longest silence while the response streams (`timeouts.idle`).
@@ -63,9 +64,9 @@ pub struct RateLimiter {
 /// Where a rate limit's buckets live.
 #[derive(Debug)]
 pub enum Backend {
-    /// In this process (boxed: its shards are large and most routes have
-    /// no rate limit).
-    Local(Box<LocalLimiter>),
+    /// In this process (shared with the route's next snapshot while its
+    /// limit does not change, so a reload keeps the buckets).
+    Local(Arc<LocalLimiter>),
     /// In Redis, shared with every weir using it.
     Redis(Arc<RedisLimiter>),
 }
@@ -113,11 +114,15 @@ pub enum PolicyBuildError {
 impl RoutePolicies {
     /// Compiles `route`'s policies. `upstream_index` resolves an upstream
     /// name; `redis` is the process's Redis client, when configured.
+    /// `previous` is the same-named route of the snapshot being replaced,
+    /// with its configuration: its rate-limit buckets, retry budget and
+    /// mirror counter carry over when their settings are unchanged.
     pub fn build(
         route: &Route,
         upstream_index: impl Fn(&str) -> Option<usize>,
         redis: Option<&Arc<RedisLimiter>>,
         metrics: &Metrics,
+        previous: Option<(&Route, &RoutePolicies)>,
     ) -> Result<RoutePolicies, PolicyBuildError> {
         let name = route.name.as_str();
         let invalid = |why: String| PolicyBuildError::Invalid {
@@ -137,8 +142,17 @@ impl RoutePolicies {
                     per: rl.per.get(),
                     burst: rl.burst,
                 };
+                let kept = previous.and_then(|(cfg, p)| match &p.rate_limit {
+                    Some(RateLimiter {
+                        backend: Backend::Local(local),
+                        ..
+                    }) if cfg.rate_limit.as_ref() == Some(rl) => Some(local.clone()),
+                    _ => None,
+                });
                 let backend = match rl.backend {
-                    RateBackend::Local => Backend::Local(Box::new(LocalLimiter::new(spec))),
+                    RateBackend::Local => {
+                        Backend::Local(kept.unwrap_or_else(|| Arc::new(LocalLimiter::new(spec))))
+                    }
                     RateBackend::Redis => match redis {
                         Some(r) => Backend::Redis(r.clone()),
                         None => {
@@ -194,12 +208,21 @@ impl RoutePolicies {
                 max_body: usize::try_from(m.max_body.bytes()).unwrap_or(usize::MAX),
                 max_in_flight: m.max_in_flight,
                 timeout: m.timeout.get(),
-                in_flight: Arc::new(AtomicUsize::new(0)),
+                // In-flight copies stay counted across a reload.
+                in_flight: previous
+                    .and_then(|(_, p)| p.mirror.as_ref())
+                    .map_or_else(|| Arc::new(AtomicUsize::new(0)), |m| m.in_flight.clone()),
             }),
         };
         Ok(RoutePolicies {
             retry: retry.map(RetryPolicy::from_config),
-            budget: retry.map(|r| RetryBudget::from_config(&r.budget)),
+            budget: retry.map(|r| {
+                let kept = previous.and_then(|(cfg, p)| {
+                    let same = cfg.retry.as_ref().map(|c| c.budget) == Some(r.budget);
+                    p.budget.clone().filter(|_| same)
+                });
+                kept.unwrap_or_else(|| Arc::new(RetryBudget::from_config(&r.budget)))
+            }),
             per_try,
             idle: route.timeouts.idle.map(|d| d.get()),
             rate_limit,

@@ -9,7 +9,7 @@ pub mod health;
 pub mod pool;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,9 @@ pub struct Target {
     pub weight: u32,
     /// Requests currently forwarded to this target.
     pub in_flight: AtomicUsize,
+    /// Taken out of the rotation by an operator (`POST .../drain`): no new
+    /// requests, in-flight ones finish.
+    pub draining: AtomicBool,
     /// Idle HTTP/1.1 connections.
     pub http1: Http1Pool<OutboundBody>,
     /// Shared HTTP/2 connection.
@@ -189,6 +192,7 @@ impl UpstreamSet {
             let t = &targets[i];
             t.addr().is_some()
                 && t.health.is_healthy()
+                && !t.draining.load(Ordering::Relaxed)
                 && match (&self.outlier, now) {
                     (Some(o), Some(now)) => !o.is_ejected(i, now),
                     _ => true,
@@ -249,6 +253,33 @@ impl UpstreamSet {
         result
     }
 
+    /// Marks the target with configured address `address` as draining (or
+    /// back in rotation). False when the upstream has no such target.
+    pub fn set_draining(&self, address: &str, draining: bool) -> bool {
+        match self.targets.iter().find(|t| &*t.address == address) {
+            Some(t) => {
+                t.draining.store(draining, Ordering::Relaxed);
+                tracing::info!(upstream = %self.name, target = address, draining, "target drain changed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Copies the drain marks of `previous` (the same-named upstream of the
+    /// configuration being replaced) onto targets with the same address.
+    pub fn inherit_drains(&self, previous: &UpstreamSet) {
+        for old in previous
+            .targets
+            .iter()
+            .filter(|t| t.draining.load(Ordering::Relaxed))
+        {
+            if let Some(t) = self.targets.iter().find(|t| t.address == old.address) {
+                t.draining.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Counts a breaker refusal and turns it into an error.
     pub fn overflow(&self, overflow: Overflow) -> ConnectError {
         let m = &self.policy_metrics;
@@ -270,7 +301,9 @@ impl UpstreamSet {
             .map(|(i, t)| {
                 let outlier = self.outlier.as_ref().map(|o| o.describe(i, now));
                 let ejected = outlier.is_some_and(|o| o.ejected);
-                let state = if t.addr().is_none() {
+                let state = if t.draining.load(Ordering::Relaxed) {
+                    "draining"
+                } else if t.addr().is_none() {
                     "unresolved"
                 } else if !t.health.is_healthy() {
                     "unhealthy"
@@ -340,6 +373,7 @@ impl Target {
             address: Arc::from(address),
             weight,
             in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
             http1: Http1Pool::new(keepalive.max_idle, keepalive.idle_timeout.get()),
             http2: Http2Pool::default(),
             health: health::TargetHealth::default(),
