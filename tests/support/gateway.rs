@@ -60,6 +60,33 @@ impl TestGateway {
         }
     }
 
+    /// Starts weir from the configuration file at `path`, as `weir run`
+    /// does: the file is then reloadable (watched, `POST /config/reload`).
+    pub async fn start_file(path: &std::path::Path) -> TestGateway {
+        super::init_tracing();
+        let text = std::fs::read_to_string(path).expect("read test config");
+        let config = Config::from_yaml_in(&text, &path.display().to_string())
+            .unwrap_or_else(|e| panic!("invalid test config: {e}\n{text}"));
+        let source = weir::server::Source {
+            path: path.to_owned(),
+            hash: weir::reload::config_hash(&text),
+        };
+        let gateway = Gateway::start_with(config, Some(source))
+            .await
+            .unwrap_or_else(|e| panic!("weir did not start: {e}"));
+        let addr = gateway
+            .listener_addrs()
+            .first()
+            .expect("at least one listener")
+            .1;
+        let admin = gateway.admin_addr();
+        TestGateway {
+            gateway: Some(gateway),
+            addr,
+            admin,
+        }
+    }
+
     /// Starts weir from `BASE` followed by `rest`, with `{name}` placeholders
     /// filled from `vars`.
     pub async fn with(rest: &str, vars: &[(&str, &dyn Display)]) -> TestGateway {
@@ -82,6 +109,17 @@ impl TestGateway {
     /// The admin address.
     pub fn admin(&self) -> SocketAddr {
         self.admin.expect("the config has no admin listener")
+    }
+
+    /// POST to an admin path (operator actions).
+    pub async fn admin_post(&self, path: &str) -> client::TestResponse {
+        client::send(
+            self.admin(),
+            client::req(http::Method::POST, path)
+                .body(client::empty())
+                .expect("request"),
+        )
+        .await
     }
 
     /// GET an admin path.
