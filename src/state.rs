@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::observe::tracing::Tracer;
 use crate::observe::{AccessLog, Metrics};
 use crate::snapshot::Snapshot;
 
@@ -22,6 +23,9 @@ pub struct State {
     pub access_log: Option<AccessLog>,
     /// When the process started.
     pub started: Instant,
+    /// Exports request spans, when `tracing` is configured (a restart-only
+    /// setting, so it lives here rather than in the snapshot).
+    pub tracer: Option<Arc<Tracer>>,
     /// Reloads the configuration file, when weir was started from one.
     pub reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
     ready: AtomicBool,
@@ -30,8 +34,21 @@ pub struct State {
 
 impl State {
     /// New state around a first snapshot; not ready until `set_ready`.
+    /// Must run inside the runtime: the tracer's exporter is a task.
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, access_log: Option<AccessLog>) -> State {
+        let tracer = snapshot.config.tracing.as_ref().and_then(|cfg| {
+            match Tracer::new(cfg, metrics.tracing_spans_dropped()) {
+                Ok(t) => Some(Arc::new(t)),
+                // Validation accepted the settings, so this is unexpected:
+                // serve without tracing rather than not at all.
+                Err(e) => {
+                    tracing::error!(error = %e, "tracing is off: cannot start the span exporter");
+                    None
+                }
+            }
+        });
         State {
+            tracer,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             access_log,

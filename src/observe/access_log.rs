@@ -54,6 +54,12 @@ pub struct AccessRecord<'a> {
     pub error_code: Option<&'a str>,
     /// Tries made upstream: 1 without retries, 0 when nothing was forwarded.
     pub attempts: u32,
+    /// W3C trace id of the request, when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    /// weir's span id for the request, when tracing is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<&'a str>,
 }
 
 /// Handle to the access log writer; cheap to clone.

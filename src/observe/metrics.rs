@@ -101,6 +101,7 @@ pub struct Metrics {
     policy: PolicyFamilies,
     reloads: Family<ResultLabel, Counter>,
     config_info: Family<HashLabel, Gauge>,
+    spans_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -263,6 +264,12 @@ impl Metrics {
             "Configuration reloads, by result (success, failure)",
             reloads.clone(),
         );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "weir_tracing_spans_dropped",
+            "Spans not exported: the export queue was full, or the collector failed or refused them",
+            spans_dropped.clone(),
+        );
         let config_info = Family::<HashLabel, Gauge>::default();
         registry.register(
             "weir_config_info",
@@ -283,7 +290,13 @@ impl Metrics {
             policy,
             reloads,
             config_info,
+            spans_dropped,
         }
+    }
+
+    /// Counts spans the tracer could not export.
+    pub fn tracing_spans_dropped(&self) -> Counter {
+        self.spans_dropped.clone()
     }
 
     /// Counts a reload that applied changes (`true`) or was refused.

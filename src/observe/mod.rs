@@ -5,6 +5,7 @@
 pub mod access_log;
 pub mod histogram;
 pub mod metrics;
+pub mod tracing;
 
 pub use access_log::{AccessLog, AccessRecord};
 pub use metrics::{Metrics, RouteMetrics, UpstreamMetrics};

@@ -11,6 +11,7 @@ use hyper::client::conn::http1;
 
 use super::conn::ConnCtx;
 use crate::observe::access_log::{rfc3339, AccessRecord};
+use crate::observe::tracing::{FinishedSpan, ServerSpanFacts, TraceContext};
 use crate::policy::circuit_breaker::RequestPermit;
 use crate::snapshot::Snapshot;
 use crate::upstream::{OutboundBody, Target};
@@ -47,6 +48,28 @@ pub struct LogFields {
     pub upstream: Option<Arc<str>>,
 }
 
+/// A request's trace, when tracing is on.
+#[derive(Debug)]
+pub struct RequestTrace {
+    /// Its W3C context (continued or new) and weir's span id.
+    pub ctx: TraceContext,
+    /// Wall-clock start of the span.
+    pub start: SystemTime,
+    /// What the span needs from the request head; kept only when sampled.
+    pub head: Option<TraceHead>,
+}
+
+/// The request facts a sampled span records.
+#[derive(Debug)]
+pub struct TraceHead {
+    /// Path without the query.
+    pub path: String,
+    /// Host asked for.
+    pub host: Option<String>,
+    /// HTTP version.
+    pub version: http::Version,
+}
+
 /// Per-request bookkeeping run when the response ends.
 #[derive(Debug)]
 pub struct Completion {
@@ -74,6 +97,8 @@ pub struct Completion {
     pub failed_target: Option<(Arc<str>, Duration)>,
     /// Access log fields, when logging.
     pub log: Option<Box<LogFields>>,
+    /// The request's trace, when tracing is on.
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 impl Completion {
@@ -104,6 +129,10 @@ impl Completion {
             None => &self.snapshot.unrouted_metrics,
         };
         metrics.record(&self.method, self.status, elapsed);
+        let error_code = self.error.or(body_error);
+        if let Some(trace) = &self.trace {
+            self.record_span(trace, error_code, log_upstream(&self.log));
+        }
         let Some(log) = self.log.take() else { return };
         let Some(access_log) = self.ctx.state.access_log.as_ref() else {
             return;
@@ -112,6 +141,8 @@ impl Completion {
             .route
             .and_then(|i| self.snapshot.config.routes.get(i))
             .map_or("", |r| r.name.as_str());
+        let trace_id = self.trace.as_ref().map(|t| t.ctx.trace_id_hex());
+        let span_id = self.trace.as_ref().map(|t| t.ctx.span_id_hex());
         access_log.write(&AccessRecord {
             time: rfc3339(log.time),
             request_id: &log.request_id,
@@ -131,8 +162,51 @@ impl Completion {
             upstream: log.upstream.as_deref().unwrap_or(""),
             upstream_target: target_addr.as_deref().unwrap_or(""),
             upstream_duration_ms: upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
-            error_code: self.error.or(body_error),
+            error_code,
             attempts: self.attempts,
+            trace_id: trace_id.as_ref().map(|h| h.as_str()),
+            span_id: span_id.as_ref().map(|h| h.as_str()),
         });
     }
+}
+
+impl Completion {
+    /// Hands a sampled request's server span to the tracer.
+    fn record_span(&self, trace: &RequestTrace, error_code: Option<&str>, upstream: Option<&str>) {
+        let (Some(tracer), Some(head)) = (self.ctx.state.tracer.as_ref(), trace.head.as_ref())
+        else {
+            return;
+        };
+        let route = self.route.and_then(|i| self.snapshot.config.routes.get(i));
+        let http_route = route.and_then(|r| {
+            let m = &r.matches;
+            m.path
+                .as_deref()
+                .or(m.path_prefix.as_deref())
+                .or(m.path_regex.as_deref())
+        });
+        let facts = ServerSpanFacts {
+            method: &self.method,
+            scheme: "http",
+            path: &head.path,
+            host: head.host.as_deref(),
+            version: head.version,
+            http_route,
+            route: route.map(|r| r.name.as_str()),
+            upstream,
+            status: Some(self.status.as_u16()),
+            attempts: self.attempts,
+            error_code,
+        };
+        tracer.record(FinishedSpan::server(
+            trace.ctx.clone(),
+            trace.start,
+            SystemTime::now(),
+            &facts,
+        ));
+    }
+}
+
+fn log_upstream(log: &Option<Box<LogFields>>) -> Option<&str> {
+    log.as_ref().and_then(|l| l.upstream.as_deref())
 }

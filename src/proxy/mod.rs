@@ -36,7 +36,7 @@ pub use policies::{
 
 use crate::router::RouteAction;
 use crate::upstream::hash_key;
-use complete::{Completion, LogFields};
+use complete::{Completion, LogFields, RequestTrace, TraceHead};
 use forward::X_REQUEST_ID;
 
 /// Handles one request from a client connection. Never fails: every error
@@ -62,8 +62,25 @@ pub async fn handle(
         attempts: 0,
         failed_target: None,
         log: None,
+        trace: None,
     };
     let host = request_host(&parts);
+    if let Some(tracer) = &ctx.state.tracer {
+        let trace_ctx = tracer.context(&parts.headers);
+        let head = trace_ctx.is_sampled().then(|| TraceHead {
+            path: parts.uri.path().to_owned(),
+            host: match &host {
+                Ok(Some(h)) => h.to_str().ok().map(str::to_owned),
+                _ => None,
+            },
+            version: parts.version,
+        });
+        done.trace = Some(Box::new(RequestTrace {
+            ctx: trace_ctx,
+            start: SystemTime::now(),
+            head,
+        }));
+    }
     if ctx.state.access_log.is_some() {
         // Filled before any check, so that rejected requests are logged too.
         let host_text = match &host {

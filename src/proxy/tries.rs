@@ -90,6 +90,10 @@ pub(super) async fn run(
     ) {
         return local_error(e, &request_id, done);
     }
+    // Every try (and the mirror copy) carries weir's span as the parent.
+    if let Some(trace) = &done.trace {
+        trace.ctx.propagate(&mut parts.headers);
+    }
 
     // Which copies of the request are needed: one per retry, one for the
     // mirror. Both need the body in memory.
