@@ -25,23 +25,6 @@ async fn api_gateway(up: &Upstream) -> TestGateway {
     TestGateway::with(API, &[("up", &up.addr()), ("refused", &closed_port())]).await
 }
 
-/// Waits until `/metrics` has `name{labels}` equal to `want`.
-async fn metric_reaches(gw: &TestGateway, name: &str, labels: &[(&str, &str)], want: f64) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let text = gw.metrics().await;
-        let got = metric(&text, name, labels);
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} is {got:?}, expected {want}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn healthz_and_ready_answer_200() {
     let up = Upstream::echo().await;
@@ -79,11 +62,15 @@ async fn metrics_count_requests_by_route_upstream_method_and_status_class() {
             ("status_class", class),
         ]
     };
-    metric_reaches(&gw, "weir_requests_total", &api("GET", "2xx"), 3.0).await;
-    metric_reaches(&gw, "weir_requests_total", &api("POST", "2xx"), 1.0).await;
-    metric_reaches(&gw, "weir_requests_total", &api("GET", "4xx"), 1.0).await;
+    gw.metric_reaches("weir_requests_total", &api("GET", "2xx"), 3.0)
+        .await;
+    gw.metric_reaches("weir_requests_total", &api("POST", "2xx"), 1.0)
+        .await;
+    gw.metric_reaches("weir_requests_total", &api("GET", "4xx"), 1.0)
+        .await;
     let unrouted = [("route", ""), ("method", "GET"), ("status_class", "4xx")];
-    metric_reaches(&gw, "weir_requests_total", &unrouted, 1.0).await;
+    gw.metric_reaches("weir_requests_total", &unrouted, 1.0)
+        .await;
 
     let text = gw.metrics().await;
     let route = [("route", "api")];
@@ -138,21 +125,11 @@ async fn upstream_connect_errors_counter_increments_after_refused_connect() {
     )
     .unwrap_or(0.0);
     assert_eq!(get(gw.addr(), "/refused").await.status, 502);
-    metric_reaches(
-        &gw,
-        "weir_upstream_connect_errors_total",
-        &labels,
-        before + 1.0,
-    )
-    .await;
+    gw.metric_reaches("weir_upstream_connect_errors_total", &labels, before + 1.0)
+        .await;
     assert_eq!(get(gw.addr(), "/refused").await.status, 502);
-    metric_reaches(
-        &gw,
-        "weir_upstream_connect_errors_total",
-        &labels,
-        before + 2.0,
-    )
-    .await;
+    gw.metric_reaches("weir_upstream_connect_errors_total", &labels, before + 2.0)
+        .await;
     // Successful connects are not errors.
     assert_eq!(get(gw.addr(), "/api/ok").await.status, 200);
     let text = gw.metrics().await;
@@ -172,18 +149,18 @@ async fn downstream_connections_active_gauge_follows_open_connections() {
     let up = Upstream::echo().await;
     let gw = api_gateway(&up).await;
     let name = "weir_downstream_connections_active";
-    metric_reaches(&gw, name, &[], 0.0).await;
+    gw.metric_reaches(name, &[], 0.0).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut c = H1Client::connect(gw.addr()).await;
         assert_eq!(c.get("/api/x").await.status, 200);
         clients.push(c);
     }
-    metric_reaches(&gw, name, &[], 3.0).await;
+    gw.metric_reaches(name, &[], 3.0).await;
     clients.truncate(1);
-    metric_reaches(&gw, name, &[], 1.0).await;
+    gw.metric_reaches(name, &[], 1.0).await;
     drop(clients);
-    metric_reaches(&gw, name, &[], 0.0).await;
+    gw.metric_reaches(name, &[], 0.0).await;
 }
 
 #[tokio::test]

@@ -23,23 +23,6 @@ async fn metric_now(gw: &TestGateway, name: &str, labels: &[(&str, &str)]) -> f6
     metric(&gw.metrics().await, name, labels).unwrap_or(0.0)
 }
 
-/// Waits until `/metrics` has `name{labels}` equal to `want`.
-async fn metric_reaches(gw: &TestGateway, name: &str, labels: &[(&str, &str)], want: f64) {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let text = gw.metrics().await;
-        let got = metric(&text, name, labels);
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} is {got:?}, expected {want}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // === Weighted split ===
 
 /// A route `canary` split between upstreams `v1` and `v2`.
@@ -96,8 +79,10 @@ async fn even_split_gives_both_sides_traffic_and_counts_each_side() {
         "50/50 gave {n1}:{n2}"
     );
     let total = "weir_requests_total";
-    metric_reaches(&gw, total, &side_labels("v1"), n1 as f64).await;
-    metric_reaches(&gw, total, &side_labels("v2"), n2 as f64).await;
+    gw.metric_reaches(total, &side_labels("v1"), n1 as f64)
+        .await;
+    gw.metric_reaches(total, &side_labels("v2"), n2 as f64)
+        .await;
 }
 
 #[tokio::test]
@@ -106,7 +91,8 @@ async fn zero_weight_side_gets_no_traffic() {
     let gw = split_gateway(&v1, &v2, 100, 0).await;
     send_many(&gw, 50).await;
     assert_eq!((v1.request_count(), v2.request_count()), (50, 0));
-    metric_reaches(&gw, "weir_requests_total", &side_labels("v1"), 50.0).await;
+    gw.metric_reaches("weir_requests_total", &side_labels("v1"), 50.0)
+        .await;
     let text = gw.metrics().await;
     let v2_count = metric(&text, "weir_requests_total", &side_labels("v2"));
     assert!(v2_count.unwrap_or(0.0) == 0.0, "{text}");
@@ -257,7 +243,7 @@ async fn mirror_copies_method_path_and_body_to_the_shadow() {
     );
     // The loop guard marks the copy only, not the real request.
     assert!(!primary.last_request().headers.contains_key("x-weir-mirror"));
-    metric_reaches(&gw, MIRROR, &mirror_labels("sent"), 1.0).await;
+    gw.metric_reaches(MIRROR, &mirror_labels("sent"), 1.0).await;
     assert_eq!(shadow.request_count(), 1);
 }
 
@@ -297,7 +283,8 @@ async fn unreachable_shadow_is_counted_as_failed_and_the_client_is_served() {
     let resp = send(gw.addr(), post("/orders", "b")).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "primary");
-    metric_reaches(&gw, MIRROR, &mirror_labels("failed"), 1.0).await;
+    gw.metric_reaches(MIRROR, &mirror_labels("failed"), 1.0)
+        .await;
     assert_eq!(metric_now(&gw, MIRROR, &mirror_labels("sent")).await, 1.0);
 }
 
@@ -449,7 +436,8 @@ async fn abort_at_full_rate_answers_without_contacting_the_upstream() {
     }
     assert_eq!(up.request_count(), 0);
     assert_eq!(up.connections(), 0);
-    metric_reaches(&gw, FAULTS_TOTAL, &fault_labels("always", "abort"), 3.0).await;
+    gw.metric_reaches(FAULTS_TOTAL, &fault_labels("always", "abort"), 3.0)
+        .await;
 }
 
 #[tokio::test]
@@ -481,7 +469,8 @@ async fn abort_with_a_header_condition_only_hits_flagged_requests() {
         assert_fault_injected(&c.request(flagged).await, 418);
     }
     assert_eq!(up.request_count(), 4);
-    metric_reaches(&gw, FAULTS_TOTAL, &fault_labels("flagged", "abort"), 4.0).await;
+    gw.metric_reaches(FAULTS_TOTAL, &fault_labels("flagged", "abort"), 4.0)
+        .await;
 }
 
 #[tokio::test]
@@ -498,7 +487,8 @@ async fn delay_holds_the_request_before_forwarding_it() {
         "a 300ms injected delay, answered in {took:?}"
     );
     assert_eq!(up.request_count(), 1);
-    metric_reaches(&gw, FAULTS_TOTAL, &fault_labels("slowed", "delay"), 1.0).await;
+    gw.metric_reaches(FAULTS_TOTAL, &fault_labels("slowed", "delay"), 1.0)
+        .await;
     let aborts = metric_now(&gw, FAULTS_TOTAL, &fault_labels("slowed", "abort")).await;
     assert!(aborts == 0.0, "{aborts} aborts on a delay-only route");
 }

@@ -47,17 +47,7 @@ impl TestGateway {
         let gateway = Gateway::start(config)
             .await
             .unwrap_or_else(|e| panic!("weir did not start: {e}"));
-        let addr = gateway
-            .listener_addrs()
-            .first()
-            .expect("at least one listener")
-            .1;
-        let admin = gateway.admin_addr();
-        TestGateway {
-            gateway: Some(gateway),
-            addr,
-            admin,
-        }
+        Self::from_gateway(gateway)
     }
 
     /// Starts weir from the configuration file at `path`, as `weir run`
@@ -74,6 +64,10 @@ impl TestGateway {
         let gateway = Gateway::start_with(config, Some(source))
             .await
             .unwrap_or_else(|e| panic!("weir did not start: {e}"));
+        Self::from_gateway(gateway)
+    }
+
+    fn from_gateway(gateway: Gateway) -> TestGateway {
         let addr = gateway
             .listener_addrs()
             .first()
@@ -132,6 +126,23 @@ impl TestGateway {
         let resp = self.admin_get("/metrics").await;
         assert_eq!(resp.status, 200);
         resp.text()
+    }
+
+    /// Waits until `/metrics` has `name{labels}` equal to `want`.
+    pub async fn metric_reaches(&self, name: &str, labels: &[(&str, &str)], want: f64) {
+        let deadline = std::time::Instant::now() + super::IO_TIMEOUT;
+        loop {
+            let text = self.metrics().await;
+            let got = super::metric(&text, name, labels);
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}{labels:?} is {got:?}, expected {want}:\n{text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Takes the gateway out, e.g. to shut it down from another task.
