@@ -1,12 +1,18 @@
-//! The command line: `weir run`, `weir check`, `weir version`. The only module
-//! that uses `anyhow`; everything below it returns typed errors.
+//! The command line: `weir run`, `weir upgrade`, `weir check`, `weir
+//! version`. The only module that uses `anyhow`; everything below it returns
+//! typed errors.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command as Process, ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir_config::{Config, ListenerProtocol};
+
+use crate::server::{RunOptions, Upgrades};
+use crate::upgrade;
 
 /// weir: an API gateway and traffic-governance proxy.
 #[derive(Debug, Parser)]
@@ -30,6 +36,34 @@ enum Command {
         /// Worker threads; overrides runtime.threads.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
         threads: Option<u16>,
+        /// Take over from the weir serving the upgrade socket: serve on its
+        /// listening sockets, then let it drain and exit. Fails, leaving it
+        /// serving, when there is none or the handoff fails.
+        #[arg(long)]
+        upgrade: bool,
+        /// The upgrade control socket this process serves (and, with
+        /// --upgrade, takes over from). Default: weir-<hash of the config
+        /// path>.sock in $XDG_RUNTIME_DIR, else in /tmp.
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
+    },
+    /// Replace the running weir with this binary, dropping no connection.
+    ///
+    /// Starts `weir run --upgrade` in the background and returns once it has
+    /// taken over (for scripts and systemd's ExecReload).
+    Upgrade {
+        /// Configuration file (YAML) for the new process.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Worker threads of the new process; overrides runtime.threads.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
+        /// The upgrade control socket of the running weir (default as for `run`).
+        #[arg(long, value_name = "PATH")]
+        upgrade_socket: Option<PathBuf>,
+        /// Seconds to wait for the new process to take over.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
     },
     /// Validate a configuration file and print a summary. Exit 0 when valid,
     /// 1 when not (every error is listed).
@@ -46,6 +80,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
+    let log_level = cli.log_level;
     match cli.command {
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
@@ -61,17 +96,54 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { config, threads } => match run(&config, threads.map(usize::from)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("weir: {e:#}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Run {
+            config,
+            threads,
+            upgrade,
+            upgrade_socket,
+        } => {
+            let socket = upgrade_socket.unwrap_or_else(|| upgrade::default_socket_path(&config));
+            let options = RunOptions {
+                threads: threads.map(usize::from),
+                upgrades: if upgrade {
+                    Upgrades::TakeOver(socket)
+                } else {
+                    Upgrades::Serve(socket)
+                },
+            };
+            exit_code(run(&config, options))
+        }
+        Command::Upgrade {
+            config,
+            threads,
+            upgrade_socket,
+            timeout,
+        } => {
+            let socket = upgrade_socket.unwrap_or_else(|| upgrade::default_socket_path(&config));
+            let upgrade = Upgrade {
+                config,
+                threads,
+                socket,
+                log_level,
+                timeout: Duration::from_secs(timeout),
+            };
+            exit_code(upgrade.run())
+        }
     }
 }
 
-fn run(path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Reads and validates the configuration file, with its reload source.
+fn load(path: &Path) -> anyhow::Result<(Config, crate::server::Source)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     let config = Config::from_yaml_in(&text, &path.display().to_string())
@@ -80,8 +152,78 @@ fn run(path: &Path, threads: Option<usize>) -> anyhow::Result<()> {
         path: path.to_owned(),
         hash: crate::reload::config_hash(&text),
     };
-    crate::server::run(config, Some(source), threads)?;
+    Ok((config, source))
+}
+
+fn run(path: &Path, options: RunOptions) -> anyhow::Result<()> {
+    let (config, source) = load(path)?;
+    crate::server::run_with(config, Some(source), options)?;
     Ok(())
+}
+
+/// `weir upgrade`: what it needs to start the new process.
+struct Upgrade {
+    config: PathBuf,
+    threads: Option<u16>,
+    socket: PathBuf,
+    log_level: Option<String>,
+    timeout: Duration,
+}
+
+impl Upgrade {
+    /// Starts `weir run --upgrade` detached (it outlives this command, as
+    /// systemd's ExecReload needs) and waits until it serves the upgrade
+    /// socket, or has exited, or the timeout passes.
+    fn run(self) -> anyhow::Result<()> {
+        // A bad file fails here, before anything is started.
+        load(&self.config)?;
+        let old = upgrade::query(&self.socket)?;
+        let exe = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find the weir binary: {e}"))?;
+        let mut cmd = Process::new(exe);
+        if let Some(level) = &self.log_level {
+            cmd.args(["--log-level", level]);
+        }
+        cmd.args(["run", "--upgrade", "--config"])
+            .arg(&self.config)
+            .arg("--upgrade-socket")
+            .arg(&self.socket);
+        if let Some(n) = self.threads {
+            cmd.args(["--threads", &n.to_string()]);
+        }
+        // Its own process group: a Ctrl-C meant for this command must not
+        // reach the new gateway.
+        cmd.stdin(Stdio::null()).process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start the new weir: {e}"))?;
+        let pid = child.id();
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "the new weir exited ({status}) before taking over; weir pid {} keeps serving",
+                    old.pid
+                );
+            }
+            if upgrade::query(&self.socket).is_ok_and(|now| now.pid == pid) {
+                println!(
+                    "weir pid {pid} ({}) took over from pid {} ({}), which drains and exits",
+                    env!("CARGO_PKG_VERSION"),
+                    old.pid,
+                    old.version
+                );
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the new weir (pid {pid}) did not take over within {:?}; it is left running",
+                    self.timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn init_logging(level: Option<&str>) {

@@ -9,6 +9,8 @@
 //! - `proxy`: the request pipeline; the only module that drives hyper bodies
 //!   and stitches the others together.
 //! - `reload`: the one path every configuration reload takes (file watch, SIGHUP, admin).
+//! - `upgrade`: zero-downtime binary upgrade (listening sockets handed to a new
+//!   process over a Unix control socket) and systemd socket activation.
 //! - `snapshot` / `state`: the compiled config and the process-wide handle to it.
 //! - `server`: listeners, accept loops, graceful shutdown. `admin`: the operator API.
 //! - `cli`: the command line; the only place that uses `anyhow`.
@@ -26,6 +28,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod upgrade;
 pub mod upstream;
 
 pub use server::Gateway;

@@ -1,17 +1,24 @@
 //! Assembles a running gateway: compiles the first snapshot, binds the
-//! listeners and the admin listener, runs the accept loops and background
+//! listeners and the admin listener (or serves on sockets inherited from the
+//! weir it replaces or from systemd), runs the accept loops and background
 //! tasks, and shuts down gracefully (stop accepting, let in-flight requests
-//! finish within `runtime.shutdown_grace`).
+//! finish within `runtime.shutdown_grace`), on a signal or once a successor
+//! has taken the listening sockets over (`upgrade` speaks that protocol;
+//! this module only decides when to serve, hand over and drain).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_config::{Config, ListenerProtocol};
@@ -22,6 +29,9 @@ use crate::proxy::{self, ConnCtx};
 use crate::reload::Reloader;
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
+use crate::upgrade::{
+    self, ControlSocket, InheritedListeners, ListeningSocket, Role, Takeover, UpgradeError,
+};
 use crate::upstream;
 
 /// Why the gateway could not start.
@@ -46,6 +56,9 @@ pub enum ServerError {
     /// The async runtime could not be built.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The upgrade control socket, a takeover or socket activation failed.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
 }
 
 /// Where a configuration came from, for reloads.
@@ -67,6 +80,8 @@ pub struct Gateway {
     accept_tasks: Vec<JoinHandle<()>>,
     graceful: Arc<GracefulShutdown>,
     grace: Duration,
+    /// Duplicates of every listening socket, for a successor to take over.
+    sockets: Arc<Vec<ListeningSocket>>,
 }
 
 impl Gateway {
@@ -82,6 +97,18 @@ impl Gateway {
     pub async fn start_with(
         config: Config,
         source: Option<Source>,
+    ) -> Result<Gateway, ServerError> {
+        Self::start_from(config, source, InheritedListeners::default()).await
+    }
+
+    /// Like `start_with`, serving on the `inherited` sockets that configured
+    /// listeners claim (same name and address, see
+    /// [`InheritedListeners::claim`]) and binding the others; inherited
+    /// sockets no listener claims are closed.
+    pub async fn start_from(
+        config: Config,
+        source: Option<Source>,
+        mut inherited: InheritedListeners,
     ) -> Result<Gateway, ServerError> {
         let metrics = Arc::new(Metrics::new());
         let access_log = if config.access_log.enabled {
@@ -103,6 +130,27 @@ impl Gateway {
             snapshot.hash = Arc::from(s.hash.as_str());
             metrics.set_config_hash("", &s.hash);
         }
+        // Every socket before any task starts: when one cannot be bound, the
+        // start fails before anything accepts (a failed takeover must not
+        // take connections off the shared sockets only to drop them).
+        let mut sockets = Vec::new();
+        let mut ready = Vec::new();
+        for l in &listener_cfgs {
+            let role = Role::Listener(l.name.clone());
+            let (listener, addr, how) = listen(&mut inherited, &role, &l.address, &mut sockets)?;
+            tracing::info!(listener = %l.name, address = %addr, socket = %how, "listening");
+            ready.push((l, listener, addr));
+        }
+        let admin_socket = match &admin_cfg {
+            Some(a) => {
+                let (listener, addr, how) =
+                    listen(&mut inherited, &Role::Admin, &a.address, &mut sockets)?;
+                tracing::info!(address = %addr, socket = %how, "admin listening");
+                Some((listener, addr))
+            }
+            None => None,
+        };
+        inherited.close_unclaimed();
         upstream::start_background(&snapshot.upstreams);
         let state = Arc::new(State::new(snapshot, metrics, access_log));
         if let Some(s) = &source {
@@ -117,9 +165,7 @@ impl Gateway {
         let graceful = Arc::new(GracefulShutdown::new());
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
-        for l in &listener_cfgs {
-            let (listener, addr) = bind(&l.name, &l.address)?;
-            tracing::info!(listener = %l.name, address = %addr, "listening");
+        for (l, listener, addr) in ready {
             listeners.push((l.name.clone(), addr));
             let builder = Arc::new(ConnBuilders::new(&l.protocols));
             accept_tasks.push(tokio::spawn(accept_loop(
@@ -130,12 +176,11 @@ impl Gateway {
                 graceful.clone(),
             )));
         }
-        let admin = match admin_cfg {
-            Some(a) => {
-                let (listener, addr) = bind("admin", &a.address)?;
-                tracing::info!(address = %addr, "admin listening");
+        let admin = match admin_socket {
+            Some((listener, addr)) => {
                 // The admin API outlives the drain (probes must see /ready
-                // turn 503, not a refused connection) and stops after it.
+                // turn 503, not a refused connection) and stops after it;
+                // after a handoff it stops at once (`Gateway::hand_over`).
                 tokio::spawn(admin::serve(listener, state.clone(), admin_stop_rx.clone()));
                 Some(addr)
             }
@@ -151,6 +196,7 @@ impl Gateway {
             accept_tasks,
             graceful,
             grace,
+            sockets: Arc::new(sockets),
         })
     }
 
@@ -177,11 +223,37 @@ impl Gateway {
         &self.state
     }
 
+    /// Every listening socket (proxy listeners, then the admin listener),
+    /// for a successor to take over.
+    pub fn listening_sockets(&self) -> Arc<Vec<ListeningSocket>> {
+        self.sockets.clone()
+    }
+
     /// Graceful shutdown: stop accepting, ask every connection to finish its
     /// in-flight request, and wait up to the shutdown grace. Returns true when
     /// every connection finished in time.
     pub async fn shutdown(self) -> bool {
-        self.state.set_draining();
+        self.finish(false).await
+    }
+
+    /// Stops accepting because a successor now serves the same sockets, then
+    /// drains like [`Gateway::shutdown`]. The admin listener stops accepting
+    /// at once too (the successor answers on it), and `/ready` does not turn
+    /// 503: the addresses stay served throughout.
+    pub async fn hand_over(self) -> bool {
+        self.finish(true).await
+    }
+
+    async fn finish(self, handed_over: bool) -> bool {
+        // The duplicates would keep the sockets open once the accept loops
+        // stop: new connections would queue unanswered instead of being
+        // refused (or taken by the successor).
+        drop(self.sockets);
+        if handed_over {
+            let _ = self.admin_stop.send(true);
+        } else {
+            self.state.set_draining();
+        }
         let _ = self.stop.send(true);
         for t in self.accept_tasks {
             let _ = t.await;
@@ -200,9 +272,39 @@ impl Gateway {
     }
 }
 
-/// Binds `address` and returns the listener with the address it actually got
-/// (the port the OS chose when the config says 0).
-fn bind(name: &str, address: &str) -> Result<(TcpListener, SocketAddr), ServerError> {
+/// The socket for `role` at `address`: the inherited one it claims, or a
+/// fresh bind. Returns it with the address it actually has (the port the OS
+/// chose when the config says 0) and where it came from, and keeps a
+/// duplicate in `sockets` for a successor.
+fn listen(
+    inherited: &mut InheritedListeners,
+    role: &Role,
+    address: &str,
+    sockets: &mut Vec<ListeningSocket>,
+) -> Result<(TcpListener, SocketAddr, String), ServerError> {
+    let err = |source| ServerError::Bind {
+        name: role.to_string(),
+        address: address.to_owned(),
+        source,
+    };
+    let (socket, how) = match inherited.claim(role, address) {
+        Some(socket) => (socket, format!("inherited from {}", inherited.origin())),
+        None => (bind(&role.to_string(), address)?, "bound".to_owned()),
+    };
+    socket.set_nonblocking(true).map_err(err)?;
+    let duplicate = socket.try_clone().map_err(err)?;
+    let listener = TcpListener::from_std(socket).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    sockets.push(ListeningSocket {
+        role: role.clone(),
+        configured: address.to_owned(),
+        socket: duplicate,
+    });
+    Ok((listener, bound, how))
+}
+
+/// Binds `address` (non-blocking).
+fn bind(name: &str, address: &str) -> Result<std::net::TcpListener, ServerError> {
     let err = |source| ServerError::Bind {
         name: name.to_owned(),
         address: address.to_owned(),
@@ -225,13 +327,14 @@ fn bind(name: &str, address: &str) -> Result<(TcpListener, SocketAddr), ServerEr
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(4096).map_err(err)?;
-    let listener = TcpListener::from_std(socket.into()).map_err(err)?;
-    let bound = listener.local_addr().map_err(err)?;
-    Ok((listener, bound))
+    Ok(socket.into())
 }
 
 /// How long a new connection may take to show which HTTP version it speaks.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a connection accepted just before a drain may take to send its
+/// first bytes; clients send their request right after connecting.
+const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -308,6 +411,7 @@ async fn accept_loop(
                     peer,
                     builders.clone(),
                     state.clone(),
+                    stop.clone(),
                     graceful.watcher(),
                 );
                 tokio::spawn(task);
@@ -326,6 +430,7 @@ async fn serve_connection(
     peer: SocketAddr,
     builders: Arc<ConnBuilders>,
     state: Arc<State>,
+    stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
     let _ = stream.set_nodelay(true);
@@ -337,12 +442,19 @@ async fn serve_connection(
             .await
             .unwrap_or(Sniffed::Gone),
     };
+    if !first_bytes(&stream, stop).await {
+        return;
+    }
     let ctx = Arc::new(ConnCtx::new(state, peer));
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
     let io = TokioIo::new(stream);
     let result = match (protocol, &builders.h1, &builders.h2) {
-        (Sniffed::Http1, Some(b), _) => watcher.watch(b.serve_connection(io, service)).await,
-        (Sniffed::Http2, _, Some(b)) => watcher.watch(b.serve_connection(io, service)).await,
+        (Sniffed::Http1, Some(b), _) => {
+            serve_watched(b.serve_connection(io, service), watcher).await
+        }
+        (Sniffed::Http2, _, Some(b)) => {
+            serve_watched(b.serve_connection(io, service), watcher).await
+        }
         _ => Ok(()),
     };
     if let Err(e) = result {
@@ -350,49 +462,78 @@ async fn serve_connection(
     }
 }
 
+/// Waits for the client's first bytes. hyper closes, unanswered, a
+/// connection it has read nothing from when a graceful shutdown reaches it;
+/// a client that connected just before a drain or a handoff (to a socket
+/// that never stopped listening) would see its request fail. False when the
+/// client went away or sent nothing within `SNIFF_TIMEOUT`, or within
+/// `FIRST_BYTES_GRACE` of the drain.
+async fn first_bytes(stream: &TcpStream, mut stop: watch::Receiver<bool>) -> bool {
+    let data = async {
+        let mut byte = [0u8; 1];
+        matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
+    };
+    let drain = async {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(FIRST_BYTES_GRACE).await;
+    };
+    tokio::select! {
+        got = data => got,
+        () = drain => false,
+        () = tokio::time::sleep(SNIFF_TIMEOUT) => false,
+    }
+}
+
+/// Serves `conn` under the graceful-shutdown `watcher`, polling it once
+/// first: hyper then holds the bytes already received, so a shutdown that
+/// has begun lets this connection's request finish instead of closing it.
+async fn serve_watched<C>(mut conn: C, watcher: Watcher) -> Result<(), C::Error>
+where
+    C: GracefulConnection + Unpin,
+{
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut conn).poll(cx))).await;
+    match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => watcher.watch(conn).await,
+    }
+}
+
+/// How `weir run` can be upgraded in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Upgrades {
+    /// No control socket: the process cannot hand its sockets over.
+    #[default]
+    Off,
+    /// Bind the listeners (or take systemd's) and serve the control socket
+    /// at this path.
+    Serve(PathBuf),
+    /// Take the listening sockets over from the weir serving the control
+    /// socket at this path, then serve that path in its place.
+    TakeOver(PathBuf),
+}
+
+/// How `weir run` starts.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Worker threads; overrides `runtime.threads`.
+    pub threads: Option<usize>,
+    /// The upgrade control socket, and whether to take over from it.
+    pub upgrades: Upgrades,
+}
+
+/// Where the listening sockets come from, settled before the runtime starts.
+enum Startup {
+    /// Bound here (or passed by systemd); the control socket, if any.
+    Fresh(Option<ControlSocket>, InheritedListeners),
+    /// Received from a running weir; its control socket path.
+    TakeOver(Takeover, PathBuf),
+}
+
 /// Runs a gateway until SIGTERM or SIGINT, then shuts down gracefully.
 /// SIGHUP reloads the configuration file.
 pub async fn run_until_signal(config: Config, source: Option<Source>) -> Result<(), ServerError> {
-    let gateway = Gateway::start_with(config, source).await?;
-    wait_for_signal(gateway.state()).await;
-    tracing::info!("shutdown signal received");
-    gateway.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal(state: &Arc<State>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install SIGTERM handler");
-            std::future::pending::<()>().await;
-            return;
-        }
-    };
-    // SIGHUP reloads (its default action would kill the process).
-    let mut hup = signal(SignalKind::hangup()).ok();
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = tokio::signal::ctrl_c() => return,
-            Some(()) = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                match state.reloader.get() {
-                    Some(r) => {
-                        tracing::info!("SIGHUP received: reloading the configuration");
-                        let r = r.clone();
-                        tokio::spawn(async move { r.reload("signal").await });
-                    }
-                    None => tracing::warn!("SIGHUP received, but weir was not started from a file: nothing to reload"),
-                }
-            }
-        }
-    }
+    let startup = Startup::Fresh(None, InheritedListeners::default());
+    serve(config, source, startup).await
 }
 
 /// Builds the runtime (`threads` workers; 1 = a single-threaded runtime) and
@@ -402,7 +543,48 @@ pub fn run(
     source: Option<Source>,
     threads: Option<usize>,
 ) -> Result<(), ServerError> {
-    let threads = threads
+    let options = RunOptions {
+        threads,
+        upgrades: Upgrades::Off,
+    };
+    run_with(config, source, options)
+}
+
+/// Like [`run`], with a control socket for in-place upgrades and, with
+/// [`Upgrades::TakeOver`], taking over from a running weir: it serves on
+/// that process's sockets, then tells it to stop accepting and drain. A
+/// failed takeover leaves the running weir serving as before. Without a
+/// takeover, sockets passed by systemd socket activation (`LISTEN_FDS`) are
+/// used instead of binding.
+pub fn run_with(
+    config: Config,
+    source: Option<Source>,
+    options: RunOptions,
+) -> Result<(), ServerError> {
+    // Settled before the runtime starts threads: socket activation clears
+    // LISTEN_* from the environment, which is only sound single-threaded,
+    // and a takeover that cannot start should fail before anything else.
+    let startup = match options.upgrades {
+        Upgrades::TakeOver(path) => {
+            let takeover = Takeover::begin(&path)?;
+            tracing::info!(
+                old_pid = takeover.old_pid(),
+                old_version = takeover.old_version(),
+                "upgrade: received the listening sockets of the running weir"
+            );
+            Startup::TakeOver(takeover, path)
+        }
+        upgrades => {
+            let control = match upgrades {
+                Upgrades::Serve(path) => Some(ControlSocket::bind(&path)?),
+                _ => None,
+            };
+            let inherited = InheritedListeners::from_systemd(&roles(&config))?;
+            Startup::Fresh(control, inherited.unwrap_or_default())
+        }
+    };
+    let threads = options
+        .threads
         .or(config.runtime.threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = if threads <= 1 {
@@ -421,8 +603,169 @@ pub fn run(
         version = env!("CARGO_PKG_VERSION"),
         "starting weir"
     );
-    let result = runtime.block_on(run_until_signal(config, source));
+    let result = runtime.block_on(serve(config, source, startup));
     // Connections still open after the grace are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// Every socket role the configuration asks for, listeners first.
+fn roles(config: &Config) -> Vec<Role> {
+    let mut roles: Vec<Role> = config
+        .listeners
+        .iter()
+        .map(|l| Role::Listener(l.name.clone()))
+        .collect();
+    if config.admin.is_some() {
+        roles.push(Role::Admin);
+    }
+    roles
+}
+
+async fn serve(
+    config: Config,
+    source: Option<Source>,
+    startup: Startup,
+) -> Result<(), ServerError> {
+    // Installed before anything is served, so that a served request proves a
+    // signal would be handled.
+    let signals = Signals::install();
+    match startup {
+        Startup::Fresh(control, inherited) => {
+            let gateway = Gateway::start_from(config, source, inherited).await?;
+            upgrade::notify("READY=1");
+            supervise(gateway, control, signals).await
+        }
+        Startup::TakeOver(mut takeover, path) => {
+            // A failure here drops the takeover: the old process sees the
+            // connection close and serves on.
+            let started = Gateway::start_from(config, source, takeover.take_listeners()).await;
+            let gateway = started.inspect_err(|e| {
+                tracing::error!(error = %e, "upgrade failed; the old process keeps serving");
+            })?;
+            let old = takeover.old_pid();
+            // Before the old process may exit: systemd reads notifications
+            // ahead of child exits, so it never sees its main process gone.
+            upgrade::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            let completed = tokio::task::spawn_blocking(move || takeover.complete())
+                .await
+                .unwrap_or_else(|e| Err(UpgradeError::Protocol(e.to_string())));
+            match completed {
+                Ok(()) => tracing::info!(
+                    old_pid = old,
+                    "upgrade complete: the old process stops accepting and drains"
+                ),
+                Err(e @ UpgradeError::Unconfirmed { .. }) => tracing::warn!(
+                    error = %e,
+                    "serving anyway: the old process may still be accepting as well"
+                ),
+                Err(e) => {
+                    upgrade::notify(&format!("MAINPID={old}"));
+                    tracing::error!(error = %e, "upgrade failed; the old process keeps serving");
+                    gateway.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+            let control = match ControlSocket::bind_replacing(&path) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "serving, but this process cannot be upgraded in place");
+                    None
+                }
+            };
+            supervise(gateway, control, signals).await
+        }
+    }
+}
+
+/// Serves until a shutdown signal (drain, then return) or until a successor
+/// has taken the sockets over through `control` (hand over, drain, return).
+async fn supervise(
+    gateway: Gateway,
+    control: Option<ControlSocket>,
+    mut signals: Signals,
+) -> Result<(), ServerError> {
+    let sockets = gateway.listening_sockets();
+    let mut handover = Box::pin(async move {
+        match control {
+            Some(c) => c.serve(sockets).await,
+            None => std::future::pending().await,
+        }
+    });
+    let successor = tokio::select! {
+        () = signals.wait(gateway.state()) => None,
+        pid = &mut handover => Some(pid),
+    };
+    // Stops answering on the control socket and releases its copies of the
+    // sockets before the drain (see `Gateway::finish`).
+    drop(handover);
+    match successor {
+        None => {
+            tracing::info!("shutdown signal received");
+            upgrade::notify("STOPPING=1");
+            gateway.shutdown().await;
+        }
+        Some(pid) => {
+            tracing::info!(
+                successor = pid,
+                "handed the listening sockets over; draining"
+            );
+            gateway.hand_over().await;
+        }
+    }
+    Ok(())
+}
+
+/// The signals `weir run` handles.
+struct Signals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+    hup: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        let term = signal(SignalKind::terminate())
+            .inspect_err(|e| tracing::error!(error = %e, "cannot install SIGTERM handler"))
+            .ok();
+        Signals {
+            term,
+            int: signal(SignalKind::interrupt()).ok(),
+            // SIGHUP reloads (its default action would kill the process).
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Returns at SIGTERM or SIGINT; reloads the configuration at SIGHUP.
+    async fn wait(&mut self, state: &Arc<State>) {
+        let Some(term) = self.term.as_mut() else {
+            // Without a SIGTERM handler, stopping would not be graceful:
+            // leave it to the default action.
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                Some(()) = recv(self.int.as_mut()) => return,
+                Some(()) = recv(self.hup.as_mut()) => {
+                    match state.reloader.get() {
+                        Some(r) => {
+                            tracing::info!("SIGHUP received: reloading the configuration");
+                            let r = r.clone();
+                            tokio::spawn(async move { r.reload("signal").await });
+                        }
+                        None => tracing::warn!("SIGHUP received, but weir was not started from a file: nothing to reload"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next delivery of `signal`, or never without a handler.
+async fn recv(signal: Option<&mut Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }

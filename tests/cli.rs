@@ -513,11 +513,11 @@ routes:
         "the new body never appeared; log:\n{}",
         gw.log()
     );
-    assert!(
-        gw.log().contains("configuration reloaded"),
-        "log:\n{}",
-        gw.log()
-    );
+    // The log line follows the swap: poll for it.
+    let logged = eventually(Duration::from_secs(10), || {
+        gw.log().contains("configuration reloaded").then_some(())
+    });
+    assert!(logged.is_some(), "log:\n{}", gw.log());
 
     send_signal(&gw, "TERM");
     let status = gw
