@@ -11,20 +11,21 @@
 
 mod cli_support;
 
-use std::io::{BufRead, BufReader, ErrorKind};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cli_support::{
-    eventually, logged_address, run, weir, ChildGuard, RawClient, TempConfig, Upstream,
+    eventually, logged_address, run, spawn_logged, weir, ChildGuard, RawClient, TempConfig,
+    Upstream,
 };
 
 /// The path the upstream answers only after [`SLOW_DELAY`].
@@ -73,21 +74,8 @@ impl Weir {
     }
 
     /// Starts `cmd` with stderr piped and read line by line.
-    fn spawn(mut cmd: Command) -> Weir {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = ChildGuard(cmd.spawn().expect("spawn weir"));
-        let stderr = child.0.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let keep = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().expect("log lock").push(line.clone());
-                // Once nobody waits for lines, keep draining the pipe.
-                let _ = tx.send(line);
-            }
-        });
+    fn spawn(cmd: Command) -> Weir {
+        let (child, lines, log) = spawn_logged(cmd);
         Weir { child, lines, log }
     }
 

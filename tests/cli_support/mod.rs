@@ -110,6 +110,27 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts `cmd` with stdout discarded and stderr read line by line: each
+/// line is kept in the returned log and sent on the returned channel.
+pub fn spawn_logged(mut cmd: Command) -> (ChildGuard, Receiver<String>, Arc<Mutex<Vec<String>>>) {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn weir"));
+    let stderr = child.0.stderr.take().expect("piped stderr");
+    let (tx, lines) = mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let keep = log.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            keep.lock().expect("log lock").push(line.clone());
+            // Once nobody waits for lines, keep draining the pipe so the
+            // child never blocks on a full stderr.
+            let _ = tx.send(line);
+        }
+    });
+    (child, lines, log)
+}
+
 /// A `weir run` child whose stderr is read line by line, so the test can wait
 /// for the "listening" lines and show the whole log when something fails.
 pub struct Gateway {
@@ -125,25 +146,8 @@ impl Gateway {
         let mut cmd = weir();
         cmd.args(["--log-level", "info", "run", "--config"])
             .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = ChildGuard(cmd.spawn().expect("spawn weir run"));
-        let stderr = child.0.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let keep = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().expect("log lock").push(line.clone());
-                if tx.send(line).is_err() {
-                    // Nobody waits for lines any more; keep draining the pipe
-                    // so the child never blocks on a full stderr.
-                    continue;
-                }
-            }
-        });
+            .stdin(Stdio::null());
+        let (child, lines, log) = spawn_logged(cmd);
         Gateway { child, lines, log }
     }
 
