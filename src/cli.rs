@@ -2,10 +2,9 @@
 //! version`. The only module that uses `anyhow`; everything below it returns
 //! typed errors.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -103,6 +102,14 @@ pub fn main() -> ExitCode {
             upgrade_socket,
         } => {
             let socket = upgrade_socket.unwrap_or_else(|| upgrade::default_socket_path(&config));
+            // A reload that only a new process can apply starts this.
+            let successor = current_exe().ok().map(|exe| upgrade::Successor {
+                exe,
+                config: config.clone(),
+                socket: socket.clone(),
+                threads,
+                log_level,
+            });
             let options = RunOptions {
                 threads: threads.map(usize::from),
                 upgrades: if upgrade {
@@ -110,6 +117,7 @@ pub fn main() -> ExitCode {
                 } else {
                     Upgrades::Serve(socket)
                 },
+                successor,
             };
             exit_code(run(&config, options))
         }
@@ -177,53 +185,27 @@ impl Upgrade {
     fn run(self) -> anyhow::Result<()> {
         // A bad file fails here, before anything is started.
         load(&self.config)?;
-        let old = upgrade::query(&self.socket)?;
-        let exe = std::env::current_exe()
-            .map_err(|e| anyhow::anyhow!("cannot find the weir binary: {e}"))?;
-        let mut cmd = Process::new(exe);
-        if let Some(level) = &self.log_level {
-            cmd.args(["--log-level", level]);
-        }
-        cmd.args(["run", "--upgrade", "--config"])
-            .arg(&self.config)
-            .arg("--upgrade-socket")
-            .arg(&self.socket);
-        if let Some(n) = self.threads {
-            cmd.args(["--threads", &n.to_string()]);
-        }
-        // Its own process group: a Ctrl-C meant for this command must not
-        // reach the new gateway.
-        cmd.stdin(Stdio::null()).process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start the new weir: {e}"))?;
-        let pid = child.id();
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!(
-                    "the new weir exited ({status}) before taking over; weir pid {} keeps serving",
-                    old.pid
-                );
-            }
-            if upgrade::query(&self.socket).is_ok_and(|now| now.pid == pid) {
-                println!(
-                    "weir pid {pid} ({}) took over from pid {} ({}), which drains and exits",
-                    env!("CARGO_PKG_VERSION"),
-                    old.pid,
-                    old.version
-                );
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                anyhow::bail!(
-                    "the new weir (pid {pid}) did not take over within {:?}; it is left running",
-                    self.timeout
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let successor = upgrade::Successor {
+            exe: current_exe()?,
+            config: self.config,
+            socket: self.socket,
+            threads: self.threads,
+            log_level: self.log_level,
+        };
+        let done = successor.start(true, self.timeout)?;
+        println!(
+            "weir pid {} ({}) took over from pid {} ({}), which drains and exits",
+            done.pid,
+            env!("CARGO_PKG_VERSION"),
+            done.old.pid,
+            done.old.version
+        );
+        Ok(())
     }
+}
+
+fn current_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the weir binary: {e}"))
 }
 
 fn init_logging(level: Option<&str>) {

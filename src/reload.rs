@@ -5,19 +5,29 @@
 //! Requests in flight finish on the snapshot they started with. Any failure
 //! leaves the running snapshot in place.
 //!
+//! A change only a new process can apply (listeners, the admin listener,
+//! the runtime, the access log, tracing) is applied by a binary upgrade of
+//! the gateway onto itself, when it runs as `weir run` with a control
+//! socket: a successor started with the same file and flags takes the
+//! listening sockets over (keeping those whose listener is unchanged,
+//! binding new ones, closing removed ones) and this process drains. Without
+//! a control socket (an embedded gateway) such a change is refused.
+//!
 //! This module owns the trigger plumbing and the swap; what carries over is
-//! decided by `Snapshot::build`, and what may change live by
-//! `weir_config::ConfigDiff`.
+//! decided by `Snapshot::build`, what may change live by
+//! `weir_config::ConfigDiff`, and the handoff by `upgrade`.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use weir_config::{Config, ConfigDiff, ConfigErrors};
 
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
+use crate::upgrade::{Successor, UpgradeError};
 use crate::upstream;
 
 /// How often the watcher looks at the file.
@@ -25,6 +35,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the file must stay unchanged before it is read: editors and
 /// deploy tools often write a file in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(250);
+/// How long a successor may take to start and take the sockets over.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reloads one configuration file into a running gateway.
 #[derive(Debug)]
@@ -33,6 +45,11 @@ pub struct Reloader {
     state: Arc<State>,
     // One reload at a time: two triggers at once must not race their swaps.
     busy: tokio::sync::Mutex<()>,
+    /// Set when this process can upgrade itself in place.
+    successor: OnceLock<Successor>,
+    /// The successor this process handed over to (0: none yet). Once set,
+    /// every trigger is declined: the successor owns the file now.
+    handed_over: AtomicU32,
 }
 
 /// What a successful reload did.
@@ -42,6 +59,8 @@ pub struct ReloadReport {
     pub hash: String,
     /// The changes applied (empty when the file was unchanged).
     pub changes: Vec<String>,
+    /// The process that now serves, when the changes took a binary upgrade.
+    pub upgraded_to: Option<u32>,
 }
 
 /// Why a reload was refused; the running configuration stays.
@@ -64,6 +83,13 @@ pub enum ReloadError {
     /// The configuration could not be compiled.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The change needs a new process, and starting it failed; this one
+    /// keeps serving the old configuration.
+    #[error("these changes need a new process, and the upgrade failed: {0}")]
+    Upgrade(#[source] UpgradeError),
+    /// This process has already handed over to a successor.
+    #[error("this weir has handed over to pid {0}, which serves and reloads now")]
+    HandedOver(u32),
 }
 
 impl ReloadError {
@@ -87,7 +113,24 @@ impl Reloader {
             path: path.to_owned(),
             state,
             busy: tokio::sync::Mutex::new(()),
+            successor: OnceLock::new(),
+            handed_over: AtomicU32::new(0),
         })
+    }
+
+    /// Lets changes that need a new process take a binary upgrade to a
+    /// `successor` instead of being refused.
+    pub fn enable_upgrades(&self, successor: Successor) {
+        let _ = self.successor.set(successor);
+    }
+
+    /// Waits (a bounded time) for a reload in progress to finish.
+    pub async fn settle(&self) {
+        let _ = tokio::time::timeout(UPGRADE_TIMEOUT, self.busy.lock()).await;
+    }
+
+    fn successor_pid(&self) -> Option<u32> {
+        Some(self.handed_over.load(Ordering::Acquire)).filter(|&pid| pid != 0)
     }
 
     /// The file this reloader reads.
@@ -99,11 +142,29 @@ impl Reloader {
     /// (`file`, `signal`, `admin`).
     pub async fn reload(&self, trigger: &'static str) -> Result<ReloadReport, ReloadError> {
         let _one = self.busy.lock().await;
+        if let Some(pid) = self.successor_pid() {
+            tracing::debug!(trigger, successor = pid, "reload declined: handed over");
+            return Err(ReloadError::HandedOver(pid));
+        }
         let result = self.apply().await;
         let metrics = &self.state.metrics;
         match &result {
             Ok(report) if report.changes.is_empty() => {
                 tracing::debug!(trigger, "configuration unchanged");
+            }
+            Ok(ReloadReport {
+                hash,
+                changes,
+                upgraded_to: Some(pid),
+            }) => {
+                metrics.config_reloaded(true);
+                tracing::info!(
+                    trigger,
+                    hash = %hash,
+                    changes = %changes.join("; "),
+                    successor = pid,
+                    "configuration applied by a binary upgrade: the new process serves, this one drains"
+                );
             }
             Ok(report) => {
                 metrics.config_reloaded(true);
@@ -137,13 +198,14 @@ impl Reloader {
             return Ok(ReloadReport {
                 hash,
                 changes: Vec::new(),
+                upgraded_to: None,
             });
         }
         let file = self.path.display().to_string();
         let config = Config::from_yaml_in(&text, &file).map_err(ReloadError::Invalid)?;
         let diff = ConfigDiff::between(&current.config, &config);
         if !diff.is_live() {
-            return Err(ReloadError::NeedsRestart(diff.restart));
+            return self.upgrade(hash, diff).await;
         }
         // Compiling may resolve host names, which blocks: keep it off the
         // runtime's worker threads.
@@ -171,7 +233,35 @@ impl Reloader {
         if changes.is_empty() {
             changes.push("no effective change (formatting or comments)".into());
         }
-        Ok(ReloadReport { hash, changes })
+        Ok(ReloadReport {
+            hash,
+            changes,
+            upgraded_to: None,
+        })
+    }
+
+    /// Applies `diff` by handing over to a new process that reads the file
+    /// itself, or refuses it when this process cannot upgrade in place.
+    async fn upgrade(&self, hash: String, diff: ConfigDiff) -> Result<ReloadReport, ReloadError> {
+        let Some(successor) = self.successor.get().cloned() else {
+            return Err(ReloadError::NeedsRestart(diff.restart));
+        };
+        tracing::info!(
+            changes = %diff.restart.join("; "),
+            "these changes need a new process: upgrading in place"
+        );
+        let done = tokio::task::spawn_blocking(move || successor.start(false, UPGRADE_TIMEOUT))
+            .await
+            .unwrap_or_else(|e| Err(UpgradeError::Protocol(e.to_string())))
+            .map_err(ReloadError::Upgrade)?;
+        self.handed_over.store(done.pid, Ordering::Release);
+        let mut changes = diff.restart;
+        changes.extend(diff.live);
+        Ok(ReloadReport {
+            hash,
+            changes,
+            upgraded_to: Some(done.pid),
+        })
     }
 
     /// Watches the file and reloads when it changes, until the state is
@@ -183,7 +273,10 @@ impl Reloader {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if Arc::strong_count(&self.state) == 1 || self.state.is_draining() {
+            if Arc::strong_count(&self.state) == 1
+                || self.state.is_draining()
+                || self.successor_pid().is_some()
+            {
                 return;
             }
             let now = stamp(&self.path);

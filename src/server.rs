@@ -77,6 +77,7 @@ pub struct Gateway {
     admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     admin_stop: watch::Sender<bool>,
+    admin_task: Option<JoinHandle<()>>,
     accept_tasks: Vec<JoinHandle<()>>,
     graceful: Arc<GracefulShutdown>,
     grace: Duration,
@@ -176,15 +177,16 @@ impl Gateway {
                 graceful.clone(),
             )));
         }
-        let admin = match admin_socket {
+        let (admin, admin_task) = match admin_socket {
             Some((listener, addr)) => {
                 // The admin API outlives the drain (probes must see /ready
                 // turn 503, not a refused connection) and stops after it;
-                // after a handoff it stops at once (`Gateway::hand_over`).
-                tokio::spawn(admin::serve(listener, state.clone(), admin_stop_rx.clone()));
-                Some(addr)
+                // after a handoff it stops accepting at once
+                // (`Gateway::hand_over`).
+                let task = tokio::spawn(admin::serve(listener, state.clone(), admin_stop_rx));
+                (Some(addr), Some(task))
             }
-            None => None,
+            None => (None, None),
         };
         state.set_ready();
         Ok(Gateway {
@@ -193,6 +195,7 @@ impl Gateway {
             admin,
             stop,
             admin_stop,
+            admin_task,
             accept_tasks,
             graceful,
             grace,
@@ -268,6 +271,11 @@ impl Gateway {
             tracing::warn!("shutdown grace elapsed with requests still in flight");
         }
         let _ = self.admin_stop.send(true);
+        // Admin requests in flight (a reload that started this handover)
+        // get their answer before the process exits.
+        if let Some(task) = self.admin_task {
+            let _ = task.await;
+        }
         drained
     }
 }
@@ -519,6 +527,10 @@ pub struct RunOptions {
     pub threads: Option<usize>,
     /// The upgrade control socket, and whether to take over from it.
     pub upgrades: Upgrades,
+    /// How to start a successor, so that a reload changing what only a new
+    /// process can apply (listeners, admin, runtime) upgrades in place.
+    /// Used only while this process serves a control socket.
+    pub successor: Option<crate::upgrade::Successor>,
 }
 
 /// Where the listening sockets come from, settled before the runtime starts.
@@ -533,7 +545,7 @@ enum Startup {
 /// SIGHUP reloads the configuration file.
 pub async fn run_until_signal(config: Config, source: Option<Source>) -> Result<(), ServerError> {
     let startup = Startup::Fresh(None, InheritedListeners::default());
-    serve(config, source, startup).await
+    serve(config, source, startup, None).await
 }
 
 /// Builds the runtime (`threads` workers; 1 = a single-threaded runtime) and
@@ -546,6 +558,7 @@ pub fn run(
     let options = RunOptions {
         threads,
         upgrades: Upgrades::Off,
+        successor: None,
     };
     run_with(config, source, options)
 }
@@ -603,7 +616,7 @@ pub fn run_with(
         version = env!("CARGO_PKG_VERSION"),
         "starting weir"
     );
-    let result = runtime.block_on(serve(config, source, startup));
+    let result = runtime.block_on(serve(config, source, startup, options.successor));
     // Connections still open after the grace are dropped with the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
@@ -626,6 +639,7 @@ async fn serve(
     config: Config,
     source: Option<Source>,
     startup: Startup,
+    successor: Option<crate::upgrade::Successor>,
 ) -> Result<(), ServerError> {
     // Installed before anything is served, so that a served request proves a
     // signal would be handled.
@@ -634,7 +648,7 @@ async fn serve(
         Startup::Fresh(control, inherited) => {
             let gateway = Gateway::start_from(config, source, inherited).await?;
             upgrade::notify("READY=1");
-            supervise(gateway, control, signals).await
+            supervise(gateway, control, successor, signals).await
         }
         Startup::TakeOver(mut takeover, path) => {
             // A failure here drops the takeover: the old process sees the
@@ -673,7 +687,7 @@ async fn serve(
                     None
                 }
             };
-            supervise(gateway, control, signals).await
+            supervise(gateway, control, successor, signals).await
         }
     }
 }
@@ -683,8 +697,14 @@ async fn serve(
 async fn supervise(
     gateway: Gateway,
     control: Option<ControlSocket>,
+    successor: Option<crate::upgrade::Successor>,
     mut signals: Signals,
 ) -> Result<(), ServerError> {
+    if let (Some(_), Some(successor), Some(reloader)) =
+        (&control, successor, gateway.state().reloader.get())
+    {
+        reloader.enable_upgrades(successor);
+    }
     let sockets = gateway.listening_sockets();
     let mut handover = Box::pin(async move {
         match control {
@@ -710,7 +730,12 @@ async fn supervise(
                 successor = pid,
                 "handed the listening sockets over; draining"
             );
+            let reloader = gateway.state().reloader.get().cloned();
             gateway.hand_over().await;
+            // A reload that started this handover reports it before exit.
+            if let Some(r) = reloader {
+                r.settle().await;
+            }
         }
     }
     Ok(())

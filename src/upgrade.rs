@@ -11,7 +11,7 @@
 //! through the same [`InheritedListeners`].
 //!
 //! Owns: the control socket (path, permissions, peer check, protocol; in
-//! `control`), how inherited sockets are matched to configured listeners,
+//! `control`), starting a successor (`successor`), how inherited sockets are matched to configured listeners,
 //! and `sd_notify`.
 //! Must not touch: binding, accept loops and draining (`server`), the
 //! configuration (`reload`). It never binds a TCP socket and holds no
@@ -33,10 +33,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod control;
+mod successor;
 #[cfg(test)]
 mod tests;
 
 pub use control::{query, ControlSocket, Takeover};
+pub use successor::{Successor, TakenOver};
 
 /// The `LISTEN_FDNAMES` name (systemd's `FileDescriptorName=`) that
 /// marks the admin listener's socket, unless a proxy listener has that name.
@@ -92,6 +94,30 @@ pub enum UpgradeError {
         pid: u32,
         /// What happened instead.
         reason: String,
+    },
+    /// The successor could not be started.
+    #[error("cannot start the new weir ({exe}): {error}")]
+    Start {
+        /// The binary.
+        exe: PathBuf,
+        /// Why it could not be run.
+        error: std::io::Error,
+    },
+    /// The successor exited before it took over.
+    #[error("the new weir exited ({status}) before taking over; weir pid {old_pid} keeps serving")]
+    SuccessorExited {
+        /// Its exit status.
+        status: String,
+        /// The process that keeps serving.
+        old_pid: u32,
+    },
+    /// The successor did not take over in time.
+    #[error("the new weir (pid {pid}) did not take over within {timeout:?}; it is left running")]
+    SuccessorTimeout {
+        /// The new process.
+        pid: u32,
+        /// How long it was given.
+        timeout: std::time::Duration,
     },
     /// The sockets systemd passed cannot be used.
     #[error("socket activation: {0}")]

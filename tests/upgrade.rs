@@ -576,3 +576,133 @@ fn socket_activation_serves_on_the_descriptor_systemd_passes() {
     let served = get_once(addr, "/fast").expect("GET on the activated socket");
     assert_eq!(served, (200, "ok /fast\n".to_owned()));
 }
+
+/// `method path` on a fresh connection; the status and body.
+fn request_once(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut client = RawClient::connect(addr, WAIT).expect("connect");
+    let response = client
+        .send(method, path)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    client.close();
+    (response.status, response.body)
+}
+
+/// The pid `GET /status` reports on `admin`.
+fn serving_pid(admin: SocketAddr) -> u32 {
+    let (status, body) = request_once(admin, "GET", "/status");
+    assert_eq!(status, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    status["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no pid in {body}"))
+}
+
+#[test]
+fn reload_that_changes_listeners_upgrades_in_place_under_load() {
+    let upstream = Upstream::start(SLOW, SLOW_DELAY);
+    upstream.release();
+    let dir = TempDir::new("reload");
+    let control = dir.join("weir.sock");
+    let file = TempConfig::new("upgrade-reload", &gateway_config(upstream.addr, None));
+    let config = file.display();
+    let mut first = Weir::start(&[
+        "run",
+        "--config",
+        &config,
+        "--upgrade-socket",
+        path_arg(&control),
+    ]);
+    let (public, admin) = first.wait_for_addresses();
+    let first_pid = first.child.id();
+    assert_eq!(serving_pid(admin), first_pid);
+    let load = Load::start(public, 4);
+    load.wait_for_more(50, || format!("before the reload; log:\n{}", first.log()));
+
+    // A new listener: the file watcher sees it, and only a new process can
+    // bind it. The successor shares the first one's stderr.
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    file.replace(&gateway_config(upstream.addr, Some(any_port)));
+    let line = first.wait_for_line("the successor's new listener", |l| {
+        l.contains("listening") && l.contains("listener=extra")
+    });
+    let extra = address_in(&line);
+    first.wait_for_line("the completed upgrade", |l| l.contains("upgrade complete"));
+    let second_pid = serving_pid(admin);
+    assert_ne!(second_pid, first_pid, "log:\n{}", first.log());
+    let mut second = Detached(Some(second_pid));
+    assert_eq!(
+        get_once(extra, "/fast").expect("GET on the new listener"),
+        (200, "ok /fast\n".to_owned())
+    );
+    assert_eq!(
+        first.wait_exit("the first weir"),
+        0,
+        "log:\n{}",
+        first.log()
+    );
+    assert!(
+        first
+            .log()
+            .contains("configuration applied by a binary upgrade"),
+        "log:\n{}",
+        first.log()
+    );
+    load.wait_for_more(100, || {
+        format!("after the first upgrade; log:\n{}", first.log())
+    });
+
+    // The listener removed again, through the admin API this time (the
+    // watcher may get there first: then the call reports the handover).
+    file.replace(&gateway_config(upstream.addr, None));
+    let (status, body) = request_once(admin, "POST", "/config/reload");
+    let third_pid = match status {
+        200 => {
+            let report: serde_json::Value = serde_json::from_str(&body).expect("reload JSON");
+            assert_eq!(report["result"], "upgraded", "{body}");
+            assert!(
+                report["changes"].to_string().contains("listeners: changed"),
+                "{body}"
+            );
+            report["pid"].as_u64().expect("pid") as u32
+        }
+        409 => {
+            assert!(body.contains("has handed over to pid"), "{body}");
+            serving_pid(admin)
+        }
+        _ => panic!("reload answered {status}: {body}; log:\n{}", first.log()),
+    };
+    let _third = Detached(Some(third_pid));
+    assert!(
+        eventually(WAIT, || (serving_pid(admin) == third_pid).then_some(())).is_some(),
+        "the third weir never served the admin API; log:\n{}",
+        first.log()
+    );
+    assert_ne!(third_pid, second_pid);
+    let closed = eventually(WAIT, || {
+        matches!(get_once(extra, "/fast"), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+            .then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "the removed listener still accepts; log:\n{}",
+        first.log()
+    );
+    // The second process drains and exits on its own.
+    let second_gone = eventually(WAIT, || {
+        (!Path::new(&format!("/proc/{second_pid}")).exists()).then_some(())
+    });
+    assert!(second_gone.is_some(), "log:\n{}", first.log());
+    second.0 = None;
+
+    load.wait_for_more(100, || {
+        format!("after the second upgrade; log:\n{}", first.log())
+    });
+    let (ok, failed, refused, errors) = load.finish();
+    assert_eq!(
+        (failed, refused),
+        (0, 0),
+        "{ok} requests succeeded; errors: {errors:?}\nlog:\n{}",
+        first.log()
+    );
+}

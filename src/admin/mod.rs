@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -14,30 +15,40 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::reload::ReloadError;
 use crate::state::State;
 
-/// Serves the admin API until `stop` flips.
+/// How long requests in flight on the admin API may take to finish once it
+/// stops (a reload that starts a binary upgrade answers within this).
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves the admin API until `stop` flips, then lets the requests in
+/// flight finish (bounded by [`DRAIN`]) and closes idle connections.
 pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
             r = listener.accept() => r,
         };
         let Ok((stream, _)) = accepted else { continue };
         let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(answer(&state, &req).await) }
+        });
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = conn.await;
         });
     }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
 }
 
 async fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -87,6 +98,7 @@ async fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         "/status" => json(&serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "uptime_seconds": state.started.elapsed().as_secs(),
             "ready": state.is_ready(),
             "draining": state.is_draining(),
@@ -116,14 +128,26 @@ async fn action(state: &State, path: &str) -> Response<Full<Bytes>> {
         };
         return match reloader.reload("admin").await {
             Ok(report) => json(&serde_json::json!({
-                "result": if report.changes.is_empty() { "unchanged" } else { "success" },
+                "result": match (report.upgraded_to, report.changes.is_empty()) {
+                    (Some(_), _) => "upgraded",
+                    (None, true) => "unchanged",
+                    (None, false) => "success",
+                },
                 "hash": report.hash,
                 "changes": report.changes,
+                "pid": report.upgraded_to.unwrap_or_else(std::process::id),
             })),
-            Err(e) => with_status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json(&serde_json::json!({ "result": "failure", "errors": e.messages() })),
-            ),
+            Err(e) => {
+                let status = match e {
+                    ReloadError::HandedOver(_) => StatusCode::CONFLICT,
+                    ReloadError::Upgrade(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                with_status(
+                    status,
+                    json(&serde_json::json!({ "result": "failure", "errors": e.messages() })),
+                )
+            }
         };
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -202,6 +202,14 @@ impl TempConfig {
         &self.path
     }
 
+    /// Replaces the file's content in one step (write aside, rename), as
+    /// deploy tools do, so a watcher never reads half a file.
+    pub fn replace(&self, text: &str) {
+        let aside = self.path.with_extension("yaml.new");
+        std::fs::write(&aside, text).expect("write temp config");
+        std::fs::rename(&aside, &self.path).expect("rename temp config");
+    }
+
     /// The path as weir prints it in error messages.
     pub fn display(&self) -> String {
         self.path.display().to_string()
@@ -392,7 +400,17 @@ impl RawClient {
 
     /// Sends `GET path` and reads the response.
     pub fn get(&mut self, path: &str) -> std::io::Result<RawResponse> {
-        let request = format!("GET {path} HTTP/1.1\r\nhost: weir.test\r\n\r\n");
+        self.send("GET", path)
+    }
+
+    /// Sends `method path` without a body and reads the response.
+    pub fn send(&mut self, method: &str, path: &str) -> std::io::Result<RawResponse> {
+        let length = if method == "POST" {
+            "content-length: 0\r\n"
+        } else {
+            ""
+        };
+        let request = format!("{method} {path} HTTP/1.1\r\nhost: weir.test\r\n{length}\r\n");
         self.writer.write_all(request.as_bytes())?;
         let head = read_head(&mut self.reader).ok_or_else(|| {
             std::io::Error::new(
