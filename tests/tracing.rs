@@ -214,3 +214,85 @@ async fn an_unsampled_parent_is_propagated_but_not_exported() {
     let lines = access_log_lines(&log, 1).await;
     assert_eq!(lines[0]["trace_id"], TRACE);
 }
+
+#[tokio::test]
+async fn latency_buckets_carry_the_sampled_request_as_exemplar() {
+    let (otlp, _spans) = collector().await;
+    let up = Upstream::echo().await;
+    let log = TempPath::new("trace-exemplar");
+    let gw = gateway(otlp, &up, &log, 0.0).await;
+    let send = |flags: &'static str, trace: &'static str| {
+        client::send(
+            gw.addr(),
+            req(Method::GET, "/api/x")
+                .header("traceparent", format!("00-{trace}-{PARENT}-{flags}"))
+                .body(client::empty())
+                .unwrap(),
+        )
+    };
+    // Unsampled: counted, but never an exemplar (its trace is not exported).
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    assert_eq!(send("00", unsampled).await.status, 200);
+    gw.metric_reaches(
+        "weir_request_duration_seconds_count",
+        &[("route", "api")],
+        1.0,
+    )
+    .await;
+    let metrics = gw.metrics().await;
+    assert!(!metrics.contains(" # {"), "{metrics}");
+
+    let resp = send("01", TRACE).await;
+    assert_eq!(resp.status, 200);
+    let span = resp
+        .echoed()
+        .header("traceparent")
+        .and_then(|t| t.split('-').nth(2))
+        .expect("weir's span id")
+        .to_owned();
+    gw.metric_reaches(
+        "weir_request_duration_seconds_count",
+        &[("route", "api")],
+        2.0,
+    )
+    .await;
+    let metrics = gw.metrics().await;
+    let want = format!(" # {{trace_id=\"{TRACE}\",span_id=\"{span}\"}} ");
+    for (family, label) in [
+        ("weir_request_duration_seconds_bucket{", "route=\"api\""),
+        (
+            "weir_upstream_response_duration_seconds_bucket{",
+            "upstream=\"up\"",
+        ),
+    ] {
+        let lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with(family) && l.contains(label) && l.contains(&want))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one exemplar bucket for {family}:\n{metrics}"
+        );
+        // `… N # {ids} VALUE TIMESTAMP`: the value is the observation in
+        // seconds, within the bucket's bound.
+        let tail: Vec<&str> = lines[0].rsplit(' ').take(2).collect();
+        let value: f64 = tail[1].parse().expect("exemplar value");
+        let timestamp: f64 = tail[0].parse().expect("exemplar timestamp");
+        let le: f64 = lines[0]
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|b| {
+                if b == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    b.parse().unwrap()
+                }
+            })
+            .unwrap();
+        assert!(value > 0.0 && value <= le, "{}", lines[0]);
+        assert!(timestamp > 1.7e9, "{}", lines[0]);
+    }
+    assert!(!metrics.contains(unsampled), "{metrics}");
+}

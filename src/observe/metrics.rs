@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::histogram::LatencyHistogram;
+use super::histogram::{self, LatencyHistogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -405,7 +405,16 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let out = histogram::annotate(&out, "weir_request_duration_seconds", |labels| {
+            let route = label_value(labels, "route")?;
+            let h = self.request_duration.get(&RouteLabel { route })?;
+            Some(h.clone())
+        });
+        histogram::annotate(&out, "weir_upstream_response_duration_seconds", |labels| {
+            let upstream = label_value(labels, "upstream")?;
+            let h = self.upstream_duration.get(&UpstreamLabel { upstream })?;
+            Some(h.clone())
+        })
     }
 
     /// Handles for one route forwarding to `upstream` (empty for direct
@@ -502,8 +511,15 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Records one finished request.
-    pub fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+    /// Records one finished request; `exemplar` (trace id, span id) when
+    /// its trace is sampled.
+    pub fn record(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+        exemplar: Option<([u8; 16], [u8; 8])>,
+    ) {
         let m = METHODS
             .iter()
             .position(|x| x == method)
@@ -521,7 +537,10 @@ impl RouteMetrics {
                 .clone()
         });
         counter.inc();
-        self.duration.observe(elapsed);
+        match exemplar {
+            Some((trace, span)) => self.duration.observe_traced(elapsed, trace, span),
+            None => self.duration.observe(elapsed),
+        }
     }
 }
 
@@ -603,3 +622,43 @@ impl UpstreamPolicyMetrics {
 
 /// Shared handle to the registry.
 pub type SharedMetrics = Arc<Metrics>;
+
+/// The unescaped value of label `name` in OpenMetrics label text
+/// (`a="1",b="x\"y"`).
+fn label_value(labels: &str, name: &str) -> Option<String> {
+    let mut rest = labels;
+    loop {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '\\' => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                '"' => break i,
+                c => value.push(c),
+            }
+        };
+        if key.trim_start_matches(',') == name {
+            return Some(value);
+        }
+        rest = &after[end + 1..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_value;
+
+    #[test]
+    fn label_values_are_found_and_unescaped() {
+        let labels = r#"le="0.5",route="a\"b\\c",upstream="up""#;
+        assert_eq!(label_value(labels, "route").as_deref(), Some(r#"a"b\c"#));
+        assert_eq!(label_value(labels, "upstream").as_deref(), Some("up"));
+        assert_eq!(label_value(labels, "le").as_deref(), Some("0.5"));
+        assert_eq!(label_value(labels, "missing"), None);
+    }
+}

@@ -59,6 +59,19 @@ pub struct RequestTrace {
     pub head: Option<TraceHead>,
 }
 
+impl RequestTrace {
+    /// The trace and span ids a latency exemplar links to, when the trace
+    /// is sampled (an unsampled trace never reaches the backend).
+    pub fn exemplar(&self) -> Option<TraceIds> {
+        self.ctx
+            .is_sampled()
+            .then(|| (self.ctx.trace_id(), self.ctx.span_id()))
+    }
+}
+
+/// A trace id and a span id.
+pub type TraceIds = ([u8; 16], [u8; 8]);
+
 /// The request facts a sampled span records.
 #[derive(Debug)]
 pub struct TraceHead {
@@ -128,7 +141,8 @@ impl Completion {
             Some(m) => m,
             None => &self.snapshot.unrouted_metrics,
         };
-        metrics.record(&self.method, self.status, elapsed);
+        let exemplar = self.trace.as_ref().and_then(|t| t.exemplar());
+        metrics.record(&self.method, self.status, elapsed, exemplar);
         let error_code = self.error.or(body_error);
         if let Some(trace) = &self.trace {
             self.record_span(trace, error_code, log_upstream(&self.log));

@@ -279,7 +279,13 @@ pub(super) async fn run(
         if !again {
             return match result {
                 Ok(exchange) => {
-                    set.metrics.response_duration.observe(elapsed);
+                    match done.trace.as_ref().and_then(|t| t.exemplar()) {
+                        Some((trace, span)) => set
+                            .metrics
+                            .response_duration
+                            .observe_traced(elapsed, trace, span),
+                        None => set.metrics.response_duration.observe(elapsed),
+                    }
                     let mut response = exchange.response;
                     forward::prepare_response(&mut response, route, &request_id);
                     if let Some(rate) = &rate {
