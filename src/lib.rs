@@ -28,6 +28,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 

@@ -29,6 +29,7 @@ use crate::proxy::{self, ConnCtx};
 use crate::reload::Reloader;
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
+use crate::tls::{ServerTls, TlsSession};
 use crate::upgrade::{
     self, ControlSocket, InheritedListeners, ListeningSocket, Role, Takeover, UpgradeError,
 };
@@ -59,6 +60,9 @@ pub enum ServerError {
     /// The upgrade control socket, a takeover or socket activation failed.
     #[error(transparent)]
     Upgrade(#[from] UpgradeError),
+    /// A listener's TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Where a configuration came from, for reloads.
@@ -134,6 +138,19 @@ impl Gateway {
         // Every socket before any task starts: when one cannot be bound, the
         // start fails before anything accepts (a failed takeover must not
         // take connections off the shared sockets only to drop them).
+        let mut terminators = Vec::new();
+        for (i, l) in listener_cfgs.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(t) => Some(ServerTls::load(
+                    &l.name,
+                    &format!("listeners[{i}].tls"),
+                    t,
+                    &metrics,
+                )?),
+                None => None,
+            };
+            terminators.push(tls);
+        }
         let mut sockets = Vec::new();
         let mut ready = Vec::new();
         for l in &listener_cfgs {
@@ -166,9 +183,15 @@ impl Gateway {
         let graceful = Arc::new(GracefulShutdown::new());
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
-        for (l, listener, addr) in ready {
+        let _ = state
+            .tls
+            .set(terminators.iter().flatten().cloned().collect());
+        for tls in terminators.iter().flatten() {
+            tokio::spawn(tls.clone().watch());
+        }
+        for ((l, listener, addr), tls) in ready.into_iter().zip(terminators) {
             listeners.push((l.name.clone(), addr));
-            let builder = Arc::new(ConnBuilders::new(&l.protocols));
+            let builder = Arc::new(ConnBuilders::new(&l.name, &l.protocols, tls));
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
                 builder,
@@ -343,30 +366,41 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a connection accepted just before a drain may take to send its
 /// first bytes; clients send their request right after connecting.
 const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The connection builders of one listener: one per protocol it speaks.
+/// The connection builders of one listener: one per protocol it speaks,
+/// and its TLS when it terminates TLS.
 struct ConnBuilders {
+    name: String,
     h1: Option<http1::Builder>,
     h2: Option<http2::Builder<TokioExecutor>>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl ConnBuilders {
-    fn new(protocols: &[ListenerProtocol]) -> Self {
-        let h1 = protocols.contains(&ListenerProtocol::Http1).then(|| {
+    fn new(name: &str, protocols: &[ListenerProtocol], tls: Option<Arc<ServerTls>>) -> Self {
+        // With TLS, ALPN decides; both builders are ready for what it picks.
+        let h1 = (tls.is_some() || protocols.contains(&ListenerProtocol::Http1)).then(|| {
             let mut b = http1::Builder::new();
             b.writev(false);
             b.timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(15));
             b
         });
-        let h2 = protocols.contains(&ListenerProtocol::H2c).then(|| {
+        let h2 = (tls.is_some() || protocols.contains(&ListenerProtocol::H2c)).then(|| {
             let mut b = http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new());
             b
         });
-        ConnBuilders { h1, h2 }
+        ConnBuilders {
+            name: name.to_owned(),
+            h1,
+            h2,
+            tls,
+        }
     }
 }
 
@@ -443,6 +477,9 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let _guard = state.metrics.downstream_connection();
+    if let Some(tls) = &builders.tls {
+        return serve_tls(stream, peer, tls, &builders, state, watcher).await;
+    }
     let protocol = match (&builders.h1, &builders.h2) {
         (Some(_), None) => Sniffed::Http1,
         (None, Some(_)) => Sniffed::Http2,
@@ -463,6 +500,46 @@ async fn serve_connection(
         (Sniffed::Http2, _, Some(b)) => {
             serve_watched(b.serve_connection(io, service), watcher).await
         }
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Runs the TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then
+/// serves the protocol ALPN settled on: HTTP/2 for `h2`, HTTP/1.1 otherwise
+/// (a client that offers no ALPN speaks HTTP/1.1).
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &ServerTls,
+    builders: &ConnBuilders,
+    state: Arc<State>,
+    watcher: Watcher,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            state.metrics.tls_handshake_failed(&builders.name);
+            tracing::debug!(client = %peer, listener = %builders.name, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.tls_handshake_failed(&builders.name);
+            tracing::debug!(client = %peer, listener = %builders.name, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let ctx = Arc::new(ConnCtx::new(state, peer).with_tls(TlsSession::of(session)));
+    let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
+    let io = TokioIo::new(stream);
+    let result = match (h2, &builders.h1, &builders.h2) {
+        (true, _, Some(b)) => serve_watched(b.serve_connection(io, service), watcher).await,
+        (false, Some(b), _) => serve_watched(b.serve_connection(io, service), watcher).await,
         _ => Ok(()),
     };
     if let Err(e) = result {
@@ -773,6 +850,9 @@ impl Signals {
                 _ = term.recv() => return,
                 Some(()) = recv(self.int.as_mut()) => return,
                 Some(()) = recv(self.hup.as_mut()) => {
+                    for tls in state.tls.get().into_iter().flatten() {
+                        let _ = tls.reload("signal");
+                    }
                     match state.reloader.get() {
                         Some(r) => {
                             tracing::info!("SIGHUP received: reloading the configuration");

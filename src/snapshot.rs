@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::tls::{ClientTls, TlsError};
+
 use weir_config::Config;
 
 use crate::observe::metrics::{Metrics, RouteMetrics};
@@ -48,6 +50,9 @@ pub enum BuildError {
     /// The Redis URL was rejected by the client.
     #[error("redis.url: {0}")]
     Redis(#[from] StoreError),
+    /// TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl Snapshot {
@@ -66,22 +71,29 @@ impl Snapshot {
         let upstreams: Vec<Arc<UpstreamSet>> = config
             .upstreams
             .iter()
-            .map(|u| {
+            .enumerate()
+            .map(|(i, u)| {
                 let old = previous.and_then(|p| {
                     let i = p.config.upstreams.iter().position(|o| o.name == u.name)?;
                     Some((&p.config.upstreams[i], p.upstreams.get(i)?))
                 });
-                match old {
+                let tls = || match &u.tls {
+                    Some(t) => {
+                        ClientTls::build(&format!("upstreams[{i}].tls"), t, u.protocol).map(Some)
+                    }
+                    None => Ok(None),
+                };
+                Ok(match old {
                     Some((cfg, set)) if cfg == u => set.clone(),
                     Some((_, set)) => {
-                        let fresh = UpstreamSet::build(u, metrics);
+                        let fresh = UpstreamSet::build(u, metrics, tls()?);
                         fresh.inherit_drains(set);
                         Arc::new(fresh)
                     }
-                    None => Arc::new(UpstreamSet::build(u, metrics)),
-                }
+                    None => Arc::new(UpstreamSet::build(u, metrics, tls()?)),
+                })
             })
-            .collect();
+            .collect::<Result<_, TlsError>>()?;
         let mut by_order: Vec<_> = routes.routes().iter().collect();
         by_order.sort_by_key(|r| r.order);
         let route_metrics = by_order

@@ -28,6 +28,8 @@ pub struct State {
     pub tracer: Option<Arc<Tracer>>,
     /// Reloads the configuration file, when weir was started from one.
     pub reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    /// The TLS side of every TLS listener, for reloads of their files.
+    pub tls: std::sync::OnceLock<Vec<Arc<crate::tls::ServerTls>>>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -54,6 +56,7 @@ impl State {
             access_log,
             started: Instant::now(),
             reloader: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }

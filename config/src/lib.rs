@@ -22,6 +22,7 @@ mod listener;
 mod observability;
 mod policy;
 mod route;
+mod tls;
 mod units;
 mod upstream;
 mod validate;
@@ -40,6 +41,10 @@ pub use policy::{
     RetryBudget, RetryOn, StatusRange, Sticky, WeightedUpstream,
 };
 pub use route::{DirectResponse, HeaderOps, Rewrite, Route, RouteMatch, Timeouts};
+pub use tls::{
+    Alpn, CertificateFiles, ClientAuth, ClientAuthMode, ClientCertMatch, ListenerTls, TlsVersion,
+    UpstreamTls,
+};
 pub use units::{ByteSize, Duration, UnitError};
 pub use upstream::{HashOn, Keepalive, LoadBalancing, Target, Upstream, UpstreamProtocol};
 pub use validate::parse_target_address;

@@ -11,9 +11,14 @@ pub struct Listener {
     pub name: String,
     /// `ip:port` to bind, e.g. `0.0.0.0:8080` or `[::1]:8080`.
     pub address: String,
-    /// HTTP versions accepted on this socket. Default `[http1]`.
+    /// HTTP versions accepted on this socket. Default `[http1]`. With
+    /// `tls`, ALPN chooses the version instead (`tls.alpn`), and `h2c` is
+    /// not allowed.
     #[serde(default = "default_protocols")]
     pub protocols: Vec<ListenerProtocol>,
+    /// TLS termination. Absent: cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::ListenerTls>,
 }
 
 /// A protocol a listener speaks.

@@ -86,6 +86,11 @@ pub struct RouteMatch {
     /// Query parameters that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub query: BTreeMap<String, String>,
+    /// The verified client certificate (mutual TLS on the listener). A
+    /// request that matches every other condition of the route but not
+    /// this one, and no other route, gets `403 client_cert_forbidden`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<crate::ClientCertMatch>,
 }
 
 /// A response weir writes itself.

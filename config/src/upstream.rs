@@ -38,6 +38,9 @@ pub struct Upstream {
     /// Caps on connections and requests; excess fails fast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// TLS (and mutual TLS) to the targets. Absent: cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::UpstreamTls>,
 }
 
 /// One service instance.
@@ -137,6 +140,16 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge: requests multiplexed.
     H2c,
+    /// HTTP/2 over TLS, negotiated by ALPN: requests multiplexed. Needs
+    /// `tls`.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// True for the HTTP/2 protocols.
+    pub fn is_http2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
 }
 
 /// Idle connection pool settings, per target.
@@ -192,6 +205,7 @@ impl UpstreamProtocol {
         match self {
             UpstreamProtocol::Http1 => "http1",
             UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
         }
     }
 }

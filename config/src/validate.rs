@@ -6,6 +6,7 @@
 
 mod policy;
 mod syntax;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -120,6 +121,7 @@ impl Validator<'_> {
                     "must list at least one protocol (http1, h2c)",
                 );
             }
+            self.listener_tls(&base, l);
             for (j, p) in l.protocols.iter().enumerate() {
                 if l.protocols[..j].contains(p) {
                     let name = match p {
@@ -226,6 +228,9 @@ impl Validator<'_> {
     fn route_match(&mut self, base: &str, route: &Route) {
         let m = &route.matches;
         let base = format!("{base}.match");
+        if let Some(cc) = &m.client_cert {
+            self.client_cert_match(&base, cc);
+        }
         let kinds = [
             ("path", &m.path),
             ("path_prefix", &m.path_prefix),
@@ -413,6 +418,7 @@ impl Validator<'_> {
             self.targets(&base, up);
             self.hash_on(&base, up);
             self.upstream_policies(&base, up);
+            self.upstream_tls(&base, up);
             if up.keepalive.max_idle > 0 && up.keepalive.idle_timeout.is_zero() {
                 self.error(
                     format!("{base}.keepalive.idle_timeout"),

@@ -101,6 +101,9 @@ pub struct Metrics {
     policy: PolicyFamilies,
     reloads: Family<ResultLabel, Counter>,
     config_info: Family<HashLabel, Gauge>,
+    tls_expiry: Family<CertificateLabel, Gauge>,
+    tls_reloads: Family<ListenerResultLabel, Counter>,
+    tls_handshake_errors: Family<ListenerLabel, Counter>,
     spans_dropped: Counter,
 }
 
@@ -112,6 +115,23 @@ struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HashLabel {
     hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabel {
+    listener: String,
+    certificate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerResultLabel {
+    listener: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
 }
 
 /// The governance families; see `RoutePolicyMetrics` and
@@ -276,6 +296,24 @@ impl Metrics {
             "The running configuration: 1 for the hash of its file",
             config_info.clone(),
         );
+        let tls_expiry = Family::<CertificateLabel, Gauge>::default();
+        registry.register(
+            "weir_tls_certificate_expiry_timestamp_seconds",
+            "When each listener certificate expires (its notAfter), in seconds since the epoch, by listener and certificate file",
+            tls_expiry.clone(),
+        );
+        let tls_reloads = Family::<ListenerResultLabel, Counter>::default();
+        registry.register(
+            "weir_tls_reloads",
+            "Reloads of a listener's certificates, keys and client CA, by listener and result",
+            tls_reloads.clone(),
+        );
+        let tls_handshake_errors = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "weir_tls_handshake_errors",
+            "TLS handshakes that failed or timed out (including rejected client certificates), by listener",
+            tls_handshake_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -290,8 +328,40 @@ impl Metrics {
             policy,
             reloads,
             config_info,
+            tls_expiry,
+            tls_reloads,
+            tls_handshake_errors,
             spans_dropped,
         }
+    }
+
+    /// Records when `certificate` of `listener` expires.
+    pub fn tls_certificate_expiry(&self, listener: &str, certificate: &str, unix_seconds: i64) {
+        self.tls_expiry
+            .get_or_create(&CertificateLabel {
+                listener: listener.to_owned(),
+                certificate: certificate.to_owned(),
+            })
+            .set(unix_seconds);
+    }
+
+    /// Counts one reload of a listener's TLS files.
+    pub fn tls_reloaded(&self, listener: &str, success: bool) {
+        self.tls_reloads
+            .get_or_create(&ListenerResultLabel {
+                listener: listener.to_owned(),
+                result: if success { "success" } else { "failure" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one failed handshake on `listener`.
+    pub fn tls_handshake_failed(&self, listener: &str) {
+        self.tls_handshake_errors
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts spans the tracer could not export.

@@ -13,6 +13,7 @@ use hyper::client::conn::http1;
 use tokio::time::Sleep;
 
 use crate::state::State;
+use crate::tls::TlsSession;
 use crate::upstream::{OutboundBody, Target};
 
 /// Per client connection state.
@@ -25,6 +26,8 @@ pub struct ConnCtx {
     /// The client's IP as a header value, formatted once per connection for
     /// `X-Forwarded-For`.
     pub client_ip: HeaderValue,
+    /// What the TLS handshake settled, on a TLS listener.
+    pub tls: Option<TlsSession>,
     cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
@@ -38,9 +41,16 @@ impl ConnCtx {
             state,
             client,
             client_ip,
+            tls: None,
             cached: Mutex::new(None),
             timer: Mutex::new(None),
         }
+    }
+
+    /// The same, for a connection that arrived over TLS.
+    pub fn with_tls(mut self, session: TlsSession) -> Self {
+        self.tls = Some(session);
+        self
     }
 
     /// Takes the cached connection if it goes to `target`; a cached

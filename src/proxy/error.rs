@@ -58,6 +58,17 @@ impl ProxyError {
         )
     }
 
+    /// 403: a route matches, but the client certificate is not one it
+    /// allows (or there is none).
+    pub fn client_cert_forbidden(method: &str, path: &str) -> Self {
+        Self::new(
+            "client_cert_forbidden",
+            StatusCode::FORBIDDEN,
+            Source::Downstream,
+            format!("the client certificate is not allowed to {method} {path}"),
+        )
+    }
+
     /// 501: a method weir does not proxy.
     pub fn not_implemented(detail: impl Into<String>) -> Self {
         Self::new(
@@ -153,6 +164,7 @@ impl ProxyError {
         match self.code {
             "bad_request" => "Bad request",
             "route_not_found" => "No route for this request",
+            "client_cert_forbidden" => "Client certificate not allowed",
             "not_implemented" => "Not implemented",
             "upstream_connect_failed" => "Could not connect to the upstream",
             "upstream_reset" => "The upstream closed the connection",

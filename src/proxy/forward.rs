@@ -27,6 +27,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// Bit for each header that describes one hop and never crosses a proxy
@@ -47,6 +48,13 @@ fn hop_by_hop_bit(name: &str) -> u8 {
 
 /// Bit set by `scan` when an `X-Forwarded-For` header is present.
 const XFF_PRESENT: u16 = 1 << 8;
+/// Bit set by `scan` when a header weir derives from the client
+/// certificate (`x-client-cert-*`) arrives from the client: forged.
+const CLIENT_CERT_PRESENT: u16 = 1 << 9;
+/// The prefix of every header weir derives from the client certificate.
+const CLIENT_CERT_PREFIX: &str = "x-client-cert-";
+static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
+static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 
 /// One pass over the (few) header names: which hop-by-hop headers are
 /// present (`hop_by_hop_bit`), plus `XFF_PRESENT`. Every later lookup or
@@ -58,9 +66,23 @@ fn scan(headers: &HeaderMap) -> u16 {
         mask |= u16::from(hop_by_hop_bit(n));
         if n == "x-forwarded-for" {
             mask |= XFF_PRESENT;
+        } else if n.starts_with(CLIENT_CERT_PREFIX) {
+            mask |= CLIENT_CERT_PRESENT;
         }
     }
     mask
+}
+
+/// Removes every `x-client-cert-*` header the client sent.
+fn strip_client_cert_headers(headers: &mut HeaderMap) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with(CLIENT_CERT_PREFIX))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
 }
 
 /// Removes hop-by-hop headers. Only those `scan` found present pay for a
@@ -117,7 +139,7 @@ pub fn prepare_request(
     parts: &mut Parts,
     route: &CompiledRoute,
     protocol: UpstreamProtocol,
-    client_ip: &HeaderValue,
+    client: &ConnCtx,
     host: Option<&HeaderValue>,
     target: &str,
     request_id: &HeaderValue,
@@ -140,12 +162,29 @@ pub fn prepare_request(
         headers.insert(header::TE, TRAILERS);
     }
 
+    if mask & CLIENT_CERT_PRESENT != 0 {
+        strip_client_cert_headers(headers);
+    }
+    let client_ip = &client.client_ip;
     if mask & XFF_PRESENT != 0 {
         append_forwarded_for(headers, client_ip);
     } else {
         headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HTTP);
+    match &client.tls {
+        None => {
+            headers.insert(X_FORWARDED_PROTO.clone(), HTTP);
+        }
+        Some(tls) => {
+            headers.insert(X_FORWARDED_PROTO.clone(), HTTPS);
+            if let Some(san) = &tls.san_header {
+                headers.insert(X_CLIENT_CERT_SAN.clone(), san.clone());
+            }
+            if let Some(subject) = &tls.subject_header {
+                headers.insert(X_CLIENT_CERT_SUBJECT.clone(), subject.clone());
+            }
+        }
+    }
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
@@ -180,7 +219,7 @@ pub fn prepare_request(
                     .map_err(|e| ProxyError::bad_request(format!("invalid request target: {e}")))?;
             }
         }
-        UpstreamProtocol::H2c => {
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             parts.version = Version::HTTP_2;
             let authority = host.and_then(|h| h.to_str().ok()).unwrap_or(target);
             let pq = match &rewritten {
@@ -188,7 +227,7 @@ pub fn prepare_request(
                 None => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             };
             parts.uri = Uri::builder()
-                .scheme("http")
+                .scheme(scheme(protocol))
                 .authority(authority)
                 .path_and_query(pq)
                 .build()
@@ -291,7 +330,7 @@ pub async fn send(
                 }
             }
         }
-        UpstreamProtocol::H2c => {
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
             let mut sender = match target.http2.get() {
                 Some(s) => s,
                 None => Box::pin(connect_http2(set, target, connect_timeout, deadline)).await?,
@@ -388,4 +427,12 @@ fn send_error(e: &hyper::Error) -> ProxyError {
     ProxyError::reset(format!(
         "the upstream closed the connection before a complete response: {e}"
     ))
+}
+
+/// The `:scheme` of a request sent over HTTP/2 with `protocol`.
+pub(crate) fn scheme(protocol: UpstreamProtocol) -> &'static str {
+    match protocol {
+        UpstreamProtocol::H2 => "https",
+        _ => "http",
+    }
 }

@@ -162,11 +162,11 @@ fn copy(parts: &Parts, body: Bytes, protocol: UpstreamProtocol) -> Option<Reques
                 req.headers_mut().insert(header::HOST, host);
             }
         }
-        UpstreamProtocol::H2c => {
+        protocol @ (UpstreamProtocol::H2c | UpstreamProtocol::H2) => {
             *req.version_mut() = Version::HTTP_2;
             let authority = authority.unwrap_or_else(|| "localhost".to_owned());
             *req.uri_mut() = Uri::builder()
-                .scheme("http")
+                .scheme(super::forward::scheme(protocol))
                 .authority(authority)
                 .path_and_query(pq)
                 .build()

@@ -118,18 +118,32 @@ pub async fn handle(
 
     // Match route.
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let client_cert = ctx.tls.as_ref().and_then(|t| t.client_cert.as_ref());
     let Some(route) = snapshot.routes.route(
         &parts.method,
         host_str,
         parts.uri.path(),
         parts.uri.query(),
         &parts.headers,
+        client_cert,
     ) else {
-        let e = ProxyError::route_not_found(
-            parts.method.as_str(),
-            host_str.unwrap_or(""),
+        let forbidden = snapshot.routes.forbids_client_cert(
+            &parts.method,
+            host_str,
             parts.uri.path(),
+            parts.uri.query(),
+            &parts.headers,
+            client_cert,
         );
+        let e = if forbidden {
+            ProxyError::client_cert_forbidden(parts.method.as_str(), parts.uri.path())
+        } else {
+            ProxyError::route_not_found(
+                parts.method.as_str(),
+                host_str.unwrap_or(""),
+                parts.uri.path(),
+            )
+        };
         return Ok(local_error(e, &request_id, done));
     };
     done.route = Some(route.order);

@@ -83,7 +83,7 @@ pub(super) async fn run(
         &mut parts,
         route,
         set.protocol,
-        &done.ctx.client_ip,
+        &done.ctx,
         host.as_ref(),
         &target.address,
         &request_id,

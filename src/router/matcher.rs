@@ -12,9 +12,9 @@ use std::cmp::Reverse;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 use serde_json::{json, Map, Value};
-use weir_config::RouteMatch;
+use weir_config::{ClientCertMatch, RouteMatch};
 
-use super::RouterError;
+use super::{ClientCert, RouterError};
 
 /// A compiled host condition. Patterns are stored lower-cased, without IPv6
 /// brackets or a trailing dot, so they compare directly with [`normalize_host`].
@@ -85,6 +85,7 @@ pub(super) struct Request<'a> {
     headers: &'a HeaderMap,
     query: Option<&'a str>,
     query_pairs: OnceCell<Vec<QueryPair<'a>>>,
+    client_cert: Option<&'a ClientCert>,
 }
 
 impl<'a> Request<'a> {
@@ -94,6 +95,7 @@ impl<'a> Request<'a> {
         path: &'a str,
         query: Option<&'a str>,
         headers: &'a HeaderMap,
+        client_cert: Option<&'a ClientCert>,
     ) -> Self {
         Request {
             method,
@@ -102,6 +104,7 @@ impl<'a> Request<'a> {
             headers,
             query,
             query_pairs: OnceCell::new(),
+            client_cert,
         }
     }
 
@@ -216,6 +219,7 @@ pub(super) struct Matcher {
     methods: Option<Box<[Method]>>,
     headers: Box<[(HeaderName, HeaderValue)]>,
     query: Box<[(Box<str>, Box<str>)]>,
+    client_cert: Option<ClientCertMatch>,
 }
 
 impl Matcher {
@@ -275,11 +279,35 @@ impl Matcher {
             methods,
             headers,
             query,
+            client_cert: m.client_cert.clone(),
         })
     }
 
-    /// Cheapest and most selective conditions first.
+    /// Every condition, the client certificate last.
     pub(super) fn matches(&self, req: &Request<'_>) -> bool {
+        self.matches_request(req) && self.client_cert_matches(req.client_cert)
+    }
+
+    /// True when the route has a client-certificate condition that `cert`
+    /// fails.
+    pub(super) fn rejects_client_cert(&self, cert: Option<&ClientCert>) -> bool {
+        !self.client_cert_matches(cert)
+    }
+
+    fn client_cert_matches(&self, cert: Option<&ClientCert>) -> bool {
+        let Some(want) = &self.client_cert else {
+            return true;
+        };
+        let Some(cert) = cert else { return false };
+        want.san
+            .as_ref()
+            .is_none_or(|san| cert.sans.iter().any(|s| s == san))
+            && want.subject.as_ref().is_none_or(|s| *s == cert.subject)
+    }
+
+    /// Cheapest and most selective conditions first; all but the client
+    /// certificate.
+    pub(super) fn matches_request(&self, req: &Request<'_>) -> bool {
         if let Some(host) = &self.host {
             match req.host {
                 Some(h) if host.matches(h) => {}

@@ -23,6 +23,17 @@ use weir_config::{Config, HeaderOps, Route};
 use matcher::{Matcher, PathMatch, Request};
 pub use split::{cookie, Side, Split};
 
+/// The identity in a verified client certificate, as routes match it and
+/// upstreams receive it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject in RFC 4514 form (`CN=api,O=Example`).
+    pub subject: String,
+    /// Subject alternative names: URIs (SPIFFE ids), DNS names, e-mail
+    /// addresses and IP addresses, in certificate order.
+    pub sans: Vec<String>,
+}
+
 /// The compiled routes of one configuration, in precedence order. Immutable:
 /// a reload builds a new table.
 #[derive(Debug)]
@@ -59,6 +70,7 @@ impl RouteTable {
     /// authority/Host header value, possibly with a port (stripped, IPv6
     /// `[::1]:80` too), compared case-insensitively. `path` excludes the query;
     /// `query` is the raw query string without `?`.
+    /// `client_cert` is the verified client certificate, with mutual TLS.
     pub fn route(
         &self,
         method: &Method,
@@ -66,11 +78,31 @@ impl RouteTable {
         path: &str,
         query: Option<&str>,
         headers: &HeaderMap,
+        client_cert: Option<&ClientCert>,
     ) -> Option<&Arc<CompiledRoute>> {
-        let request = Request::new(method, host, path, query, headers);
+        let request = Request::new(method, host, path, query, headers, client_cert);
         self.routes
             .iter()
             .find(|route| route.matcher.matches(&request))
+    }
+
+    /// After [`RouteTable::route`] found nothing: true when some route
+    /// matches the request in everything but its client certificate (the
+    /// client is known to the table, but not allowed there: 403, not 404).
+    pub fn forbids_client_cert(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        client_cert: Option<&ClientCert>,
+    ) -> bool {
+        let request = Request::new(method, host, path, query, headers, client_cert);
+        self.routes.iter().any(|route| {
+            route.matcher.rejects_client_cert(client_cert)
+                && route.matcher.matches_request(&request)
+        })
     }
 
     /// Routes in precedence order.

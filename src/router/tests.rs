@@ -54,7 +54,7 @@ fn pick(
     headers: &HeaderMap,
 ) -> String {
     let (path, query) = split_target(target);
-    let route = table.route(&method, host, path, query, headers);
+    let route = table.route(&method, host, path, query, headers, None);
     route.map_or_else(|| NONE.to_owned(), |route| route.name.to_string())
 }
 

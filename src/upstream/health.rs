@@ -23,6 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Target, UpstreamSet};
 use crate::observe::metrics::UpstreamPolicyMetrics;
+use crate::tls::ClientTls;
 
 /// `User-Agent` of HTTP checks, so targets can tell them from real traffic.
 pub const CHECK_USER_AGENT: &str = "weir-health-check";
@@ -234,16 +235,20 @@ impl Drop for AbortOnDrop {
 /// within `settings.timeout`. The error is a short reason for logs and the
 /// admin API (`status 503`, `connect refused: ...`, `timed out after 1s`).
 pub async fn probe(addr: SocketAddr, settings: &CheckSettings) -> Result<(), String> {
-    probe_with_host(addr, None, settings).await
+    probe_with_host(addr, None, None, settings).await
 }
 
+/// `tls`: the upstream's TLS and the target's configured host (name or
+/// address) to verify its certificate against.
 async fn probe_with_host(
     addr: SocketAddr,
     default_host: Option<&str>,
+    tls: Option<(&ClientTls, &str)>,
     settings: &CheckSettings,
 ) -> Result<(), String> {
     let timeout = settings.timeout;
-    match tokio::time::timeout(timeout, exchange(addr, default_host, &settings.kind)).await {
+    let exchange = exchange(addr, default_host, tls, &settings.kind);
+    match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
         Err(_) => Err(format!("timed out after {timeout:?}")),
     }
@@ -252,12 +257,23 @@ async fn probe_with_host(
 async fn exchange(
     addr: SocketAddr,
     default_host: Option<&str>,
+    tls: Option<(&ClientTls, &str)>,
     kind: &CheckKind,
 ) -> Result<(), String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::ConnectionRefused => format!("connect refused: {e}"),
         _ => format!("connect failed: {e}"),
     })?;
+    // A TCP check on a TLS upstream completes the handshake too: a target
+    // whose certificate weir would refuse is not healthy.
+    let stream = match tls {
+        None => Probed::Plain(stream),
+        Some((tls, host)) => Probed::Tls(Box::new(
+            tls.connect(host, stream)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?,
+        )),
+    };
     let CheckKind::Http {
         path,
         expected,
@@ -283,18 +299,13 @@ async fn exchange(
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("invalid check request: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "health check connection ended");
+    let response = match stream {
+        Probed::Plain(stream) => send_http1(addr, TokioIo::new(stream), request).await?,
+        Probed::Tls(stream) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            send_http2(addr, TokioIo::new(stream), request).await?
         }
-    }));
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
+        Probed::Tls(stream) => send_http1(addr, TokioIo::new(stream), request).await?,
+    };
     let status = response.status().as_u16();
     if !status_passes(expected, status) {
         return Err(format!("status {status}"));
@@ -309,6 +320,103 @@ async fn exchange(
         }
     }
     Ok(())
+}
+
+/// A probe's connection.
+enum Probed {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A check response whose connection lives until the response is dropped.
+struct CheckResponse {
+    response: hyper::Response<hyper::body::Incoming>,
+    _conn: AbortOnDrop,
+}
+
+impl std::ops::Deref for CheckResponse {
+    type Target = hyper::Response<hyper::body::Incoming>;
+    fn deref(&self) -> &Self::Target {
+        &self.response
+    }
+}
+
+impl CheckResponse {
+    fn into_body(self) -> hyper::body::Incoming {
+        self.response.into_body()
+    }
+}
+
+async fn send_http1<I>(
+    addr: SocketAddr,
+    io: I,
+    request: Request<Empty<Bytes>>,
+) -> Result<CheckResponse, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    let conn = AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "health check connection ended");
+        }
+    }));
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    Ok(CheckResponse {
+        response,
+        _conn: conn,
+    })
+}
+
+async fn send_http2<I>(
+    addr: SocketAddr,
+    io: I,
+    mut request: Request<Empty<Bytes>>,
+) -> Result<CheckResponse, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+    let conn = AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "health check connection ended");
+        }
+    }));
+    // HTTP/2 carries the host as :authority and has no Connection header.
+    let host = request
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| addr.to_string());
+    request.headers_mut().remove(CONNECTION);
+    let pq = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = hyper::Uri::builder()
+        .scheme("https")
+        .authority(host)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| format!("invalid check request: {e}"))?;
+    *request.version_mut() = http::Version::HTTP_2;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    Ok(CheckResponse {
+        response,
+        _conn: conn,
+    })
 }
 
 fn status_passes(expected: &[(u16, u16)], status: u16) -> bool {
@@ -341,6 +449,7 @@ pub async fn run(set: Weak<UpstreamSet>, settings: CheckSettings) {
         let upstream = live.name.clone();
         let targets = live.targets.clone();
         let metrics = Arc::new(live.policy_metrics.clone());
+        let tls = live.tls.clone();
         drop(live);
 
         let mut round = JoinSet::new();
@@ -348,6 +457,7 @@ pub async fn run(set: Weak<UpstreamSet>, settings: CheckSettings) {
             round.spawn(check(
                 upstream.clone(),
                 target,
+                tls.clone(),
                 settings.clone(),
                 metrics.clone(),
             ));
@@ -362,11 +472,13 @@ pub async fn run(set: Weak<UpstreamSet>, settings: CheckSettings) {
 async fn check(
     upstream: Arc<str>,
     target: Arc<Target>,
+    tls: Option<ClientTls>,
     settings: Arc<CheckSettings>,
     metrics: Arc<UpstreamPolicyMetrics>,
 ) {
+    let tls = tls.as_ref().map(|t| (t, target.host()));
     let result = match target.addr() {
-        Some(addr) => probe_with_host(addr, Some(&target.address), &settings).await,
+        Some(addr) => probe_with_host(addr, Some(&target.address), tls, &settings).await,
         None => Err("unresolved".to_owned()),
     };
     match &result {
@@ -570,7 +682,7 @@ mod tests {
         );
         let config = weir_config::Config::from_yaml(&yaml).expect("test config is valid");
         let metrics = crate::observe::metrics::Metrics::new();
-        let set = Arc::new(UpstreamSet::build(&config.upstreams[0], &metrics));
+        let set = Arc::new(UpstreamSet::build(&config.upstreams[0], &metrics, None));
         let mut settings = http(&[]);
         settings.healthy_threshold = 1;
         settings.unhealthy_threshold = 1;

@@ -22,6 +22,7 @@ use weir_config::{HashOn, UpstreamProtocol};
 use crate::observe::metrics::{Metrics, UpstreamMetrics, UpstreamPolicyMetrics};
 use crate::policy::circuit_breaker::{self, CircuitBreaker, ConnectionPermit, Overflow};
 use crate::policy::outlier::{Observation, OutlierDetector, OutlierSettings};
+use crate::tls::ClientTls;
 pub use balancer::{hash_key, Balancer};
 pub use body::OutboundBody;
 use pool::{Http1Pool, Http2Pool};
@@ -52,6 +53,8 @@ pub struct UpstreamSet {
     pub outlier: Option<OutlierDetector>,
     /// Active health checks, when configured (run by `health::run`).
     pub health_check: Option<health::CheckSettings>,
+    /// TLS to the targets, when configured.
+    pub tls: Option<ClientTls>,
     balancer: Balancer,
     // Origin of the `now` passed to the outlier detector.
     origin: Instant,
@@ -115,6 +118,15 @@ pub enum ConnectError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// The TLS handshake failed (certificate not trusted, name mismatch,
+    /// client certificate refused, ...).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The target address.
+        addr: SocketAddr,
+        /// What rustls reported.
+        source: std::io::Error,
+    },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
@@ -131,7 +143,11 @@ impl UpstreamSet {
     /// Builds the run-time view of one configured upstream. Hostnames are
     /// resolved here once; failures leave the target unresolved (it is skipped
     /// until a later re-resolution succeeds).
-    pub fn build(cfg: &weir_config::Upstream, metrics: &Metrics) -> UpstreamSet {
+    pub fn build(
+        cfg: &weir_config::Upstream,
+        metrics: &Metrics,
+        tls: Option<ClientTls>,
+    ) -> UpstreamSet {
         let targets: Vec<Arc<Target>> = cfg
             .targets
             .iter()
@@ -159,6 +175,7 @@ impl UpstreamSet {
         UpstreamSet {
             name: Arc::from(cfg.name.as_str()),
             protocol: cfg.protocol,
+            tls,
             balancer: Balancer::new(cfg.load_balancing, &weights),
             hash_on: cfg.hash_on.clone(),
             metrics: metrics.upstream(&cfg.name),
@@ -245,7 +262,9 @@ impl UpstreamSet {
             }
             None => (None, None),
         };
-        let result = target.connect(self.protocol, timeout, permit).await;
+        let result = target
+            .connect(self.protocol, self.tls.as_ref(), timeout, permit)
+            .await;
         match &result {
             Ok(_) => self.metrics.connections_opened.inc(),
             Err(_) => self.metrics.connect_errors.inc(),
@@ -404,6 +423,11 @@ impl Target {
         }
     }
 
+    /// The host part of the configured address (a name or an IP address).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     async fn resolve(&self) {
         match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
             Ok(mut addrs) => {
@@ -423,12 +447,14 @@ impl Target {
     async fn connect(
         &self,
         protocol: UpstreamProtocol,
+        tls: Option<&ClientTls>,
         timeout: Duration,
         permit: Option<ConnectionPermit>,
     ) -> Result<Connection, ConnectError> {
         let addr = self
             .addr()
             .ok_or_else(|| ConnectError::Unresolved(self.address.clone()))?;
+        let started = tokio::time::Instant::now();
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
             Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
@@ -436,37 +462,56 @@ impl Target {
         };
         // Small requests must not wait for Nagle's delayed-ACK dance.
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
-        match protocol {
-            UpstreamProtocol::Http1 => {
-                let (sender, conn) = http1::Builder::new()
-                    .writev(false)
-                    .handshake(io)
-                    .await
-                    .map_err(|source| ConnectError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%addr, error = %e, "upstream connection ended");
-                    }
-                });
-                Ok(Connection::Http1(sender))
-            }
-            UpstreamProtocol::H2c => {
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|source| ConnectError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
-                    }
-                });
-                Ok(Connection::Http2(sender))
-            }
-        }
+        let Some(tls) = tls else {
+            return handshake(TokioIo::new(stream), protocol, addr, permit).await;
+        };
+        // The connect timeout covers the TLS handshake too.
+        let left = timeout.saturating_sub(started.elapsed());
+        let stream = match tokio::time::timeout(left, tls.connect(&self.host, stream)).await {
+            Err(_) => return Err(ConnectError::Timeout { addr, timeout }),
+            Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
+            Ok(Ok(s)) => s,
+        };
+        handshake(TokioIo::new(stream), protocol, addr, permit).await
     }
+}
+
+/// The HTTP handshake on an open connection (cleartext or TLS); the
+/// connection's task holds `permit` for as long as it lives.
+async fn handshake<I>(
+    io: I,
+    protocol: UpstreamProtocol,
+    addr: SocketAddr,
+    permit: Option<ConnectionPermit>,
+) -> Result<Connection, ConnectError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if protocol.is_http2() {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        return Ok(Connection::Http2(sender));
+    }
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(io)
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Connection::Http1(sender))
 }
 
 /// Starts the background work of freshly built upstreams: connection
