@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::observe::tracing::Tracer;
 use crate::observe::{AccessLog, Metrics};
+use crate::proxy::Tunnels;
 use crate::snapshot::Snapshot;
 
 /// Shared state of a running gateway.
@@ -28,6 +29,8 @@ pub struct State {
     pub tracer: Option<Arc<Tracer>>,
     /// Reloads the configuration file, when weir was started from one.
     pub reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
+    /// Open WebSocket tunnels, which a shutdown waits for and then closes.
+    pub websockets: Tunnels,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -54,6 +57,7 @@ impl State {
             access_log,
             started: Instant::now(),
             reloader: std::sync::OnceLock::new(),
+            websockets: Tunnels::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
