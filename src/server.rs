@@ -29,7 +29,6 @@ use weir_config::{Config, ListenerProtocol};
 use crate::admin;
 use crate::observe::{AccessLog, Metrics};
 use crate::proxy::{self, ConnCtx, WEBSOCKET_CLOSE_TIMEOUT};
-use drain::{Drain, DrainWatch};
 use crate::reload::Reloader;
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
@@ -37,6 +36,7 @@ use crate::upgrade::{
     self, ControlSocket, InheritedListeners, ListeningSocket, Role, Takeover, UpgradeError,
 };
 use crate::upstream;
+use drain::{Drain, DrainWatch};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -145,7 +145,10 @@ mod tests {
         assert_eq!(d.live, ["routes: changed \"a\""]);
         new.routes[0].websocket = true;
         new.routes[0].websocket_idle_timeout = Some(crate::units::Duration::from_secs(60));
-        assert_eq!(ConfigDiff::between(&old, &new).live, ["routes: changed \"a\""]);
+        assert_eq!(
+            ConfigDiff::between(&old, &new).live,
+            ["routes: changed \"a\""]
+        );
     }
 
     #[test]

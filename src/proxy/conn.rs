@@ -60,11 +60,7 @@ impl ConnCtx {
     /// Returns the cached connection, if any, to its target's pool: the
     /// client connection will send no more requests (it became a WebSocket).
     pub fn release_cached(&self) {
-        let taken = self
-            .cached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let taken = self.cached.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((target, sender)) = taken {
             target.http1.checkin(sender);
         }

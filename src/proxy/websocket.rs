@@ -455,9 +455,7 @@ impl Pipe {
                 return Poll::Ready(Ok(()));
             }
             while self.start < self.end {
-                let n = ready!(dst
-                    .as_mut()
-                    .poll_write(cx, &self.buf[self.start..self.end]))?;
+                let n = ready!(dst.as_mut().poll_write(cx, &self.buf[self.start..self.end]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -471,8 +469,7 @@ impl Pipe {
             if self.injecting {
                 if let Some(frame) = &self.close {
                     while self.close_written < frame.len() {
-                        let n =
-                            ready!(dst.as_mut().poll_write(cx, &frame[self.close_written..]))?;
+                        let n = ready!(dst.as_mut().poll_write(cx, &frame[self.close_written..]))?;
                         if n == 0 {
                             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                         }

@@ -110,6 +110,7 @@ impl DrainWatch {
             return result;
         }
         tokio::select! {
+            biased;
             result = &mut conn => return result,
             // A dropped `Drain` drains as well.
             _ = self.rx.changed() => {}

@@ -15,7 +15,12 @@ fn frame(opcode: u8, fin: bool, payload: &[u8], masked: bool) -> Vec<u8> {
     f.push(if masked { 0x80 } else { 0 } | payload.len() as u8);
     if masked {
         f.extend_from_slice(&[1, 2, 3, 4]);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ (i as u8 % 4 + 1)));
+        f.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ (i as u8 % 4 + 1)),
+        );
     } else {
         f.extend_from_slice(payload);
     }
