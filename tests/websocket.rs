@@ -330,6 +330,31 @@ upstreams:
 }
 
 #[tokio::test]
+async fn a_websocket_to_an_h2c_upstream_answers_501() {
+    let up = EchoServer::spawn().await;
+    let gw = TestGateway::with(
+        &ROUTES.replace("    targets:", "    protocol: h2c\n    targets:"),
+        &[("up", &up.addr)],
+    )
+    .await;
+    match connect(gw.addr(), "/").await {
+        Err(WsError::Http(resp)) => {
+            assert_eq!(resp.status(), 501);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("websocket_unsupported"), "{body}");
+        }
+        other => panic!("expected 501, got {other:?}"),
+    }
+    gw.metric_reaches(
+        "weir_websocket_upgrades_total",
+        &[("route", "ws"), ("result", "error")],
+        1.0,
+    )
+    .await;
+    assert_eq!(up.seen.handshakes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn a_silent_websocket_is_closed_after_its_idle_timeout() {
     let up = EchoServer::spawn().await;
     let gw = TestGateway::with(
