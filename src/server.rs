@@ -5,18 +5,21 @@
 //! finish within `runtime.shutdown_grace`), on a signal or once a successor
 //! has taken the listening sockets over (`upgrade` speaks that protocol;
 //! this module only decides when to serve, hand over and drain).
+//!
+//! A drain gives open WebSockets the same grace as requests; those still
+//! open after it are closed with a close frame 1001 (going away) to both
+//! sides.
+
+mod drain;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -25,7 +28,7 @@ use weir_config::{Config, ListenerProtocol};
 
 use crate::admin;
 use crate::observe::{AccessLog, Metrics};
-use crate::proxy::{self, ConnCtx};
+use crate::proxy::{self, ConnCtx, WEBSOCKET_CLOSE_TIMEOUT};
 use crate::reload::Reloader;
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
@@ -34,6 +37,7 @@ use crate::upgrade::{
     self, ControlSocket, InheritedListeners, ListeningSocket, Role, Takeover, UpgradeError,
 };
 use crate::upstream;
+use drain::{Drain, DrainWatch};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +87,7 @@ pub struct Gateway {
     admin_stop: watch::Sender<bool>,
     admin_task: Option<JoinHandle<()>>,
     accept_tasks: Vec<JoinHandle<()>>,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<Drain>,
     grace: Duration,
     /// Duplicates of every listening socket, for a successor to take over.
     sockets: Arc<Vec<ListeningSocket>>,
@@ -180,7 +184,7 @@ impl Gateway {
 
         let (stop, stop_rx) = watch::channel(false);
         let (admin_stop, admin_stop_rx) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
+        let graceful = Arc::new(Drain::default());
         let mut listeners = Vec::new();
         let mut accept_tasks = Vec::new();
         let _ = state
@@ -256,8 +260,9 @@ impl Gateway {
     }
 
     /// Graceful shutdown: stop accepting, ask every connection to finish its
-    /// in-flight request, and wait up to the shutdown grace. Returns true when
-    /// every connection finished in time.
+    /// in-flight request, and wait up to the shutdown grace; WebSockets still
+    /// open then are closed with 1001 (going away) to both sides. Returns
+    /// true when every connection and WebSocket finished within the grace.
     pub async fn shutdown(self) -> bool {
         self.finish(false).await
     }
@@ -284,14 +289,41 @@ impl Gateway {
         for t in self.accept_tasks {
             let _ = t.await;
         }
-        tracing::info!(grace = ?self.grace, connections = self.graceful.count(), "draining");
+        let tunnels = &self.state.websockets;
+        tracing::info!(
+            grace = ?self.grace,
+            connections = self.graceful.count(),
+            websockets = tunnels.count(),
+            "draining"
+        );
+        let deadline = tokio::time::Instant::now() + self.grace;
         // The accept loops have ended, so this is the last handle.
         let drained = match Arc::try_unwrap(self.graceful) {
-            Ok(g) => tokio::time::timeout(self.grace, g.shutdown()).await.is_ok(),
+            Ok(g) => tokio::time::timeout_at(deadline, g.run()).await.is_ok(),
             Err(_) => false,
         };
         if !drained {
             tracing::warn!("shutdown grace elapsed with requests still in flight");
+        }
+        // WebSockets have the same grace to end by themselves (a request
+        // upgraded during the drain is counted by now).
+        let finished = tokio::time::timeout_at(deadline, tunnels.closed())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::info!(
+                websockets = tunnels.count(),
+                "shutdown grace elapsed: closing open WebSockets (1001 going away)"
+            );
+            tunnels.close_all();
+            // Each tunnel bounds its own close; the margin covers scheduling.
+            let bound = WEBSOCKET_CLOSE_TIMEOUT + Duration::from_millis(500);
+            if tokio::time::timeout(bound, tunnels.closed()).await.is_err() {
+                tracing::warn!(
+                    websockets = tunnels.count(),
+                    "WebSockets still open after their close"
+                );
+            }
         }
         let _ = self.admin_stop.send(true);
         // Admin requests in flight (a reload that started this handover)
@@ -299,7 +331,7 @@ impl Gateway {
         if let Some(task) = self.admin_task {
             let _ = task.await;
         }
-        drained
+        drained && finished
     }
 }
 
@@ -438,7 +470,7 @@ async fn accept_loop(
     builders: Arc<ConnBuilders>,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<Drain>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -473,7 +505,7 @@ async fn serve_connection(
     builders: Arc<ConnBuilders>,
     state: Arc<State>,
     stop: watch::Receiver<bool>,
-    watcher: Watcher,
+    watcher: DrainWatch,
 ) {
     let _ = stream.set_nodelay(true);
     let _guard = state.metrics.downstream_connection();
@@ -494,12 +526,14 @@ async fn serve_connection(
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
     let io = TokioIo::new(stream);
     let result = match (protocol, &builders.h1, &builders.h2) {
+        // With upgrades: a WebSocket handshake answered 101 hands the
+        // socket to its tunnel (`proxy::websocket`).
         (Sniffed::Http1, Some(b), _) => {
-            serve_watched(b.serve_connection(io, service), watcher).await
+            watcher
+                .serve(b.serve_connection(io, service).with_upgrades())
+                .await
         }
-        (Sniffed::Http2, _, Some(b)) => {
-            serve_watched(b.serve_connection(io, service), watcher).await
-        }
+        (Sniffed::Http2, _, Some(b)) => watcher.serve(b.serve_connection(io, service)).await,
         _ => Ok(()),
     };
     if let Err(e) = result {
@@ -516,7 +550,7 @@ async fn serve_tls(
     tls: &ServerTls,
     builders: &ConnBuilders,
     state: Arc<State>,
-    watcher: Watcher,
+    watcher: DrainWatch,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -538,8 +572,12 @@ async fn serve_tls(
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
     let io = TokioIo::new(stream);
     let result = match (h2, &builders.h1, &builders.h2) {
-        (true, _, Some(b)) => serve_watched(b.serve_connection(io, service), watcher).await,
-        (false, Some(b), _) => serve_watched(b.serve_connection(io, service), watcher).await,
+        (true, _, Some(b)) => watcher.serve(b.serve_connection(io, service)).await,
+        (false, Some(b), _) => {
+            watcher
+                .serve(b.serve_connection(io, service).with_upgrades())
+                .await
+        }
         _ => Ok(()),
     };
     if let Err(e) = result {
@@ -566,20 +604,6 @@ async fn first_bytes(stream: &TcpStream, mut stop: watch::Receiver<bool>) -> boo
         got = data => got,
         () = drain => false,
         () = tokio::time::sleep(SNIFF_TIMEOUT) => false,
-    }
-}
-
-/// Serves `conn` under the graceful-shutdown `watcher`, polling it once
-/// first: hyper then holds the bytes already received, so a shutdown that
-/// has begun lets this connection's request finish instead of closing it.
-async fn serve_watched<C>(mut conn: C, watcher: Watcher) -> Result<(), C::Error>
-where
-    C: GracefulConnection + Unpin,
-{
-    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut conn).poll(cx))).await;
-    match first {
-        Poll::Ready(result) => result,
-        Poll::Pending => watcher.watch(conn).await,
     }
 }
 

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::observe::tracing::Tracer;
 use crate::observe::{AccessLog, Metrics};
+use crate::proxy::Tunnels;
 use crate::snapshot::Snapshot;
 
 /// Shared state of a running gateway.
@@ -30,6 +31,8 @@ pub struct State {
     pub reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
     /// The TLS side of every TLS listener, for reloads of their files.
     pub tls: std::sync::OnceLock<Vec<Arc<crate::tls::ServerTls>>>,
+    /// Open WebSocket tunnels, which a shutdown waits for and then closes.
+    pub websockets: Tunnels,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -57,6 +60,7 @@ impl State {
             started: Instant::now(),
             reloader: std::sync::OnceLock::new(),
             tls: std::sync::OnceLock::new(),
+            websockets: Tunnels::default(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }

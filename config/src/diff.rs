@@ -136,6 +136,22 @@ mod tests {
     }
 
     #[test]
+    fn websocket_settings_apply_live() {
+        let old = config(false, 1, 8080);
+        let mut new = old.clone();
+        new.routes[0].websocket = false;
+        let d = ConfigDiff::between(&old, &new);
+        assert!(d.is_live());
+        assert_eq!(d.live, ["routes: changed \"a\""]);
+        new.routes[0].websocket = true;
+        new.routes[0].websocket_idle_timeout = Some(crate::units::Duration::from_secs(60));
+        assert_eq!(
+            ConfigDiff::between(&old, &new).live,
+            ["routes: changed \"a\""]
+        );
+    }
+
+    #[test]
     fn listener_changes_need_a_restart() {
         let d = ConfigDiff::between(&config(false, 1, 8080), &config(false, 1, 8081));
         assert!(!d.is_live());

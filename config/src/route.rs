@@ -55,6 +55,24 @@ pub struct Route {
     /// Copies of requests sent to a shadow upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// Whether an HTTP/1.1 WebSocket upgrade (`Upgrade: websocket`) is
+    /// proxied on this route. When true, the handshake goes to the upstream
+    /// and, once it answers `101 Switching Protocols`, frames stream both
+    /// ways until either side closes. When false, such a request is refused
+    /// with 403 `websocket_not_allowed` (as Envoy refuses an upgrade a route
+    /// does not enable). Plain requests are not affected. Default `true`.
+    #[serde(default = "default_websocket")]
+    pub websocket: bool,
+    /// Closes a WebSocket through which no byte has passed, in either
+    /// direction, for this long: both sides get a close frame with code 1001
+    /// (going away). Pings and pongs count as traffic. Absent = no limit: a
+    /// silent connection stays open until a side closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_idle_timeout: Option<Duration>,
+}
+
+fn default_websocket() -> bool {
+    true
 }
 
 /// Match conditions; all present conditions must hold.

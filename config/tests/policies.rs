@@ -282,3 +282,59 @@ fn policy_blocks_reject_unknown_keys() {
     assert!(errs[0].message.contains("retries"), "{errs:?}");
     assert_eq!(errs[0].line, Some(5), "{errs:?}");
 }
+
+#[test]
+fn websocket_keys_parse_with_their_defaults() {
+    let config = valid(&with_listener(&format!(
+        "routes:
+  - name: plain
+    upstream: v1
+  - name: chat
+    upstream: v1
+    websocket_idle_timeout: 5m
+  - name: nows
+    upstream: v2
+    websocket: false
+{UPSTREAMS}"
+    )));
+    let [plain, chat, nows] = &config.routes[..] else {
+        panic!("three routes")
+    };
+    assert!(plain.websocket, "WebSocket is allowed by default");
+    assert_eq!(plain.websocket_idle_timeout, None);
+    assert!(chat.websocket);
+    assert_eq!(
+        chat.websocket_idle_timeout.map(|d| d.get().as_secs()),
+        Some(300)
+    );
+    assert!(!nows.websocket);
+}
+
+#[test]
+fn websocket_errors_name_their_field() {
+    expect(
+        &with_listener(&format!(
+            "routes:
+  - name: zero
+    upstream: v1
+    websocket_idle_timeout: 0s
+  - name: off
+    upstream: v1
+    websocket: false
+    websocket_idle_timeout: 1m
+  - name: local
+    direct_response: {{ status: 200 }}
+    websocket_idle_timeout: 1m
+{UPSTREAMS}"
+        )),
+        &[
+            ("routes[0].websocket_idle_timeout", 5, "greater than 0"),
+            ("routes[1].websocket_idle_timeout", 9, "no effect"),
+            ("routes[2].websocket_idle_timeout", 12, "only applies"),
+        ],
+    );
+    let errs = errors(&with_listener(&format!(
+        "routes:\n  - name: a\n    upstream: v1\n    websocket: maybe\n{UPSTREAMS}"
+    )));
+    assert_eq!(errs[0].line, Some(5), "{errs:?}");
+}

@@ -105,6 +105,8 @@ pub struct Metrics {
     tls_reloads: Family<ListenerResultLabel, Counter>,
     tls_handshake_errors: Family<ListenerLabel, Counter>,
     spans_dropped: Counter,
+    websocket_active: Family<RouteLabel, Gauge>,
+    websocket_upgrades: Family<RouteResultLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -314,6 +316,18 @@ impl Metrics {
             "TLS handshakes that failed or timed out (including rejected client certificates), by listener",
             tls_handshake_errors.clone(),
         );
+        let websocket_active = Family::<RouteLabel, Gauge>::default();
+        registry.register(
+            "weir_websocket_connections_active",
+            "WebSocket connections currently open through weir, by route",
+            websocket_active.clone(),
+        );
+        let websocket_upgrades = Family::<RouteResultLabel, Counter>::default();
+        registry.register(
+            "weir_websocket_upgrades",
+            "WebSocket upgrade requests, by route and result (upgraded; refused: the upstream answered other than 101; not_allowed: the route has websocket: false; error: weir answered with an error of its own)",
+            websocket_upgrades.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -332,6 +346,32 @@ impl Metrics {
             tls_reloads,
             tls_handshake_errors,
             spans_dropped,
+            websocket_active,
+            websocket_upgrades,
+        }
+    }
+
+    /// WebSocket handles for one route.
+    pub fn route_websocket(&self, route: &str) -> WebSocketMetrics {
+        let result = |r: &str| {
+            self.websocket_upgrades
+                .get_or_create(&RouteResultLabel {
+                    route: route.to_owned(),
+                    result: r.to_owned(),
+                })
+                .clone()
+        };
+        WebSocketMetrics {
+            active: self
+                .websocket_active
+                .get_or_create(&RouteLabel {
+                    route: route.to_owned(),
+                })
+                .clone(),
+            upgraded: result("upgraded"),
+            refused: result("refused"),
+            not_allowed: result("not_allowed"),
+            error: result("error"),
         }
     }
 
@@ -648,6 +688,22 @@ pub struct RoutePolicyMetrics {
     pub mirror_dropped: Counter,
     /// Shadow requests that failed (connect, reset, timeout).
     pub mirror_failed: Counter,
+}
+
+/// WebSocket handles of one route, resolved when the snapshot is built.
+#[derive(Clone, Debug)]
+pub struct WebSocketMetrics {
+    /// WebSockets open now.
+    pub active: Gauge,
+    /// Upgrades relayed (101 from the upstream, tunnel opened).
+    pub upgraded: Counter,
+    /// Upgrades the upstream answered with something other than 101.
+    pub refused: Counter,
+    /// Upgrades refused because the route has `websocket: false`.
+    pub not_allowed: Counter,
+    /// Upgrades weir answered with an error of its own (rate limit, no
+    /// target, connect failure, timeout...).
+    pub error: Counter,
 }
 
 /// Governance counters of one upstream.

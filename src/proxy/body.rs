@@ -89,13 +89,7 @@ impl ResponseBody {
     ) -> Self {
         let mut b = Self::new(Inner::Upstream(body));
         b.deadline = deadline;
-        b.idle = idle.map(|limit| {
-            Box::new(Idle {
-                limit,
-                last: Instant::now(),
-                timer: None,
-            })
-        });
+        b.idle = idle.map(|limit| Box::new(Idle::new(limit)));
         b
     }
 
@@ -143,7 +137,7 @@ impl Body for ResponseBody {
                         this.bytes += d.len() as u64;
                     }
                     if let Some(idle) = this.idle.as_mut() {
-                        idle.last = Instant::now();
+                        idle.touch();
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
@@ -191,14 +185,30 @@ impl Body for ResponseBody {
 
 /// The idle timer: re-armed lazily from the time of the last frame, so a
 /// busy stream costs one clock read per frame and no timer updates.
-struct Idle {
+pub(super) struct Idle {
     limit: std::time::Duration,
     last: Instant,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Idle {
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// A timer that expires `limit` after the last `touch` (or now).
+    pub(super) fn new(limit: std::time::Duration) -> Self {
+        Idle {
+            limit,
+            last: Instant::now(),
+            timer: None,
+        }
+    }
+
+    /// Something went by: the silence starts again.
+    pub(super) fn touch(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// True once `limit` has passed since the last `touch`; otherwise
+    /// arranges for `cx` to be woken when it may have.
+    pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let at = self.last + self.limit;
         if Instant::now() >= at {
             return true;

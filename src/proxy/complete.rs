@@ -1,5 +1,6 @@
 //! `Completion`: the bookkeeping run once per request when its response ends
-//! (see `body.rs`): return the upstream connection, release the target's
+//! (see `body.rs`), or for a WebSocket when its connection ends (see
+//! `websocket.rs`): return the upstream connection, release the target's
 //! in-flight count, record metrics, write the access log line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +84,20 @@ pub struct TraceHead {
     pub version: http::Version,
 }
 
+/// Where a request stands as a WebSocket upgrade.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WebSocketStage {
+    /// A plain request.
+    #[default]
+    None,
+    /// A WebSocket upgrade request that has not (yet) become a tunnel: its
+    /// result is counted when it finishes.
+    Requested,
+    /// The upstream answered 101 and the connection became a tunnel; the
+    /// request's metrics were recorded at the 101 (`record_upgrade`).
+    Tunnel,
+}
+
 /// Per-request bookkeeping run when the response ends.
 #[derive(Debug)]
 pub struct Completion {
@@ -112,6 +127,8 @@ pub struct Completion {
     pub log: Option<Box<LogFields>>,
     /// The request's trace, when tracing is on.
     pub trace: Option<Box<RequestTrace>>,
+    /// WebSocket upgrade, if the request asks for one.
+    pub websocket: WebSocketStage,
 }
 
 impl Completion {
@@ -133,16 +150,16 @@ impl Completion {
             upstream_elapsed = Some(elapsed);
             target_addr = Some(addr);
         }
-        let metrics = match self
-            .route
-            .and_then(|i| self.snapshot.route_metrics.get(i))
-            .and_then(|sides| sides.get(self.side))
-        {
-            Some(m) => m,
-            None => &self.snapshot.unrouted_metrics,
-        };
-        let exemplar = self.trace.as_ref().and_then(|t| t.exemplar());
-        metrics.record(&self.method, self.status, elapsed, exemplar);
+        match self.websocket {
+            WebSocketStage::None => self.record(elapsed),
+            WebSocketStage::Requested => {
+                self.record(elapsed);
+                self.count_upgrade();
+            }
+            // A tunnel's request was recorded when it was upgraded: its
+            // lifetime is not a response time.
+            WebSocketStage::Tunnel => {}
+        }
         let error_code = self.error.or(body_error);
         if let Some(trace) = &self.trace {
             self.record_span(trace, error_code, log_upstream(&self.log));
@@ -185,6 +202,43 @@ impl Completion {
 }
 
 impl Completion {
+    /// Records the request's metrics and counts an upgrade, when the
+    /// upstream has answered 101; `finish` then runs when the tunnel ends.
+    pub fn record_upgrade(&mut self) {
+        self.websocket = WebSocketStage::Tunnel;
+        self.record(self.start.elapsed());
+        if let Some(p) = self.route.and_then(|i| self.snapshot.route_policies.get(i)) {
+            p.websocket.metrics.upgraded.inc();
+        }
+    }
+
+    /// Records the request in its route's (or the unrouted) metrics.
+    fn record(&self, elapsed: Duration) {
+        let metrics = match self
+            .route
+            .and_then(|i| self.snapshot.route_metrics.get(i))
+            .and_then(|sides| sides.get(self.side))
+        {
+            Some(m) => m,
+            None => &self.snapshot.unrouted_metrics,
+        };
+        let exemplar = self.trace.as_ref().and_then(|t| t.exemplar());
+        metrics.record(&self.method, self.status, elapsed, exemplar);
+    }
+
+    /// Counts an upgrade request that did not become a tunnel, by why.
+    fn count_upgrade(&self) {
+        let Some(p) = self.route.and_then(|i| self.snapshot.route_policies.get(i)) else {
+            return;
+        };
+        let m = &p.websocket.metrics;
+        match self.error {
+            Some(code) if code == super::error::WEBSOCKET_NOT_ALLOWED => m.not_allowed.inc(),
+            Some(_) => m.error.inc(),
+            None => m.refused.inc(),
+        };
+    }
+
     /// Hands a sampled request's server span to the tracer.
     fn record_span(&self, trace: &RequestTrace, error_code: Option<&str>, upstream: Option<&str>) {
         let (Some(tracer), Some(head)) = (self.ctx.state.tracer.as_ref(), trace.head.as_ref())

@@ -67,6 +67,15 @@ impl ConnCtx {
         }
     }
 
+    /// Returns the cached connection, if any, to its target's pool: the
+    /// client connection will send no more requests (it became a WebSocket).
+    pub fn release_cached(&self) {
+        let taken = self.cached.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((target, sender)) = taken {
+            target.http1.checkin(sender);
+        }
+    }
+
     /// Keeps a connection whose response has been fully read: cached when
     /// the slot is free (the common, sequential HTTP/1.1 case), otherwise
     /// pooled (concurrent HTTP/2 streams on one client connection).

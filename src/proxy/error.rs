@@ -4,6 +4,10 @@
 
 use http::StatusCode;
 
+/// Code of the refusal of a WebSocket upgrade on a route that does not
+/// allow it (counted apart in `weir_websocket_upgrades_total`).
+pub const WEBSOCKET_NOT_ALLOWED: &str = "websocket_not_allowed";
+
 /// Who caused a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -159,6 +163,28 @@ impl ProxyError {
         )
     }
 
+    /// 403: a WebSocket upgrade on a route with `websocket: false`.
+    pub fn websocket_not_allowed(route: &str) -> Self {
+        Self::new(
+            WEBSOCKET_NOT_ALLOWED,
+            StatusCode::FORBIDDEN,
+            Source::Config,
+            format!("route {route:?} does not allow WebSocket upgrades (websocket: false)"),
+        )
+    }
+
+    /// 501: a WebSocket upgrade to an upstream that cannot take one.
+    pub fn websocket_unsupported(upstream: &str) -> Self {
+        Self::new(
+            "websocket_unsupported",
+            StatusCode::NOT_IMPLEMENTED,
+            Source::Config,
+            format!(
+                "upstream {upstream:?} speaks h2c; a WebSocket upgrade needs an HTTP/1.1 upstream"
+            ),
+        )
+    }
+
     /// Short title for the status/code pair.
     pub fn title(&self) -> &'static str {
         match self.code {
@@ -173,6 +199,8 @@ impl ProxyError {
             "rate_limited" => "Too many requests",
             "circuit_open" => "The upstream is at capacity",
             "fault_injected" => "Injected fault",
+            WEBSOCKET_NOT_ALLOWED => "WebSocket not allowed on this route",
+            "websocket_unsupported" => "The upstream cannot take a WebSocket",
             _ => "Gateway error",
         }
     }

@@ -55,11 +55,13 @@ const CLIENT_CERT_PRESENT: u16 = 1 << 9;
 const CLIENT_CERT_PREFIX: &str = "x-client-cert-";
 static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
 static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+/// Bit set by `scan` when an `Upgrade` header is present (`hop_by_hop_bit`).
+pub(super) const UPGRADE_PRESENT: u16 = 4;
 
 /// One pass over the (few) header names: which hop-by-hop headers are
 /// present (`hop_by_hop_bit`), plus `XFF_PRESENT`. Every later lookup or
 /// removal hashes; this lets the common message skip nearly all of them.
-fn scan(headers: &HeaderMap) -> u16 {
+pub(super) fn scan(headers: &HeaderMap) -> u16 {
     let mut mask = 0u16;
     for name in headers.keys() {
         let n = name.as_str();
@@ -134,9 +136,14 @@ fn strip_present(headers: &mut HeaderMap, mask: u16) {
     }
 }
 
-/// Rewrites the client's request head into the one sent upstream.
+/// Rewrites the client's request head into the one sent upstream. `mask`
+/// is `scan` of its headers; `websocket` keeps the upgrade headers of a
+/// WebSocket handshake (an HTTP/1.1 upstream only).
+#[allow(clippy::too_many_arguments)]
 pub fn prepare_request(
     parts: &mut Parts,
+    mask: u16,
+    websocket: bool,
     route: &CompiledRoute,
     protocol: UpstreamProtocol,
     client: &ConnCtx,
@@ -145,7 +152,6 @@ pub fn prepare_request(
     request_id: &HeaderValue,
 ) -> Result<(), ProxyError> {
     let headers = &mut parts.headers;
-    let mask = scan(headers);
     // `TE: trailers` is the one TE value that must survive: gRPC needs it.
     let te_trailers = mask & u16::from(hop_by_hop_bit("te")) != 0
         && headers.get_all(header::TE).iter().any(|v| {
@@ -160,6 +166,9 @@ pub fn prepare_request(
     strip_present(headers, mask);
     if te_trailers {
         headers.insert(header::TE, TRAILERS);
+    }
+    if websocket {
+        super::websocket::restore_request_headers(headers);
     }
 
     if mask & CLIENT_CERT_PRESENT != 0 {

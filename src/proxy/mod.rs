@@ -16,6 +16,7 @@ mod mirror;
 mod policies;
 mod respond;
 mod tries;
+mod websocket;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,11 +33,13 @@ pub use conn::ConnCtx;
 pub use error::{ProxyError, Source};
 pub use policies::{
     maintain_policies, Backend, MirrorPolicy, PolicyBuildError, RateLimiter, RoutePolicies,
+    WebSocketPolicy,
 };
+pub use websocket::{TunnelGuard, Tunnels, CLOSE_TIMEOUT as WEBSOCKET_CLOSE_TIMEOUT};
 
 use crate::router::RouteAction;
 use crate::upstream::hash_key;
-use complete::{Completion, LogFields, RequestTrace, TraceHead};
+use complete::{Completion, LogFields, RequestTrace, TraceHead, WebSocketStage};
 use forward::X_REQUEST_ID;
 
 /// Handles one request from a client connection. Never fails: every error
@@ -63,6 +66,7 @@ pub async fn handle(
         failed_target: None,
         log: None,
         trace: None,
+        websocket: WebSocketStage::None,
     };
     let host = request_host(&parts);
     if let Some(tracer) = &ctx.state.tracer {

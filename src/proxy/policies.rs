@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderName, HeaderValue, StatusCode};
 use weir_config::{OnBackendError, RateBackend, RateKey, Route};
 
-use crate::observe::metrics::{Metrics, RoutePolicyMetrics};
+use crate::observe::metrics::{Metrics, RoutePolicyMetrics, WebSocketMetrics};
 use crate::policy::fault::FaultPolicy;
 use crate::policy::rate_limit::{self, LocalLimiter, RateSpec};
 use crate::policy::retry::{RetryBudget, RetryPolicy};
@@ -37,6 +37,8 @@ pub struct RoutePolicies {
     pub fault: Option<FaultPolicy>,
     /// Traffic mirroring, when configured.
     pub mirror: Option<MirrorPolicy>,
+    /// WebSocket settings and handles.
+    pub websocket: WebSocketPolicy,
     /// Counters.
     pub metrics: RoutePolicyMetrics,
     origin: Instant,
@@ -86,6 +88,17 @@ pub struct MirrorPolicy {
     pub timeout: Duration,
     /// Shadow requests in flight now.
     pub in_flight: Arc<AtomicUsize>,
+}
+
+/// A route's WebSocket settings (`websocket`, `websocket_idle_timeout`).
+#[derive(Debug)]
+pub struct WebSocketPolicy {
+    /// Whether upgrades are proxied.
+    pub allowed: bool,
+    /// Longest silence in both directions before weir closes the tunnel.
+    pub idle_timeout: Option<Duration>,
+    /// Active gauge and upgrade counters.
+    pub metrics: WebSocketMetrics,
 }
 
 /// Why a route's policies could not be built.
@@ -228,6 +241,11 @@ impl RoutePolicies {
             rate_limit,
             fault,
             mirror,
+            websocket: WebSocketPolicy {
+                allowed: route.websocket,
+                idle_timeout: route.websocket_idle_timeout.map(|d| d.get()),
+                metrics: metrics.route_websocket(name),
+            },
             metrics: metrics.route_policy(name),
             origin: Instant::now(),
         })

@@ -14,18 +14,21 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use weir_config::UpstreamProtocol;
 
 use super::admit::admit;
 use super::body::ResponseBody;
-use super::complete::{Completion, UpstreamUse};
+use super::complete::{Completion, UpstreamUse, WebSocketStage};
 use super::deadline::{within, Deadline};
 use super::error::ProxyError;
 use super::forward;
 use super::mirror;
 use super::policies::RoutePolicies;
+use super::websocket;
 use super::{hash_of, local_error};
 use crate::policy::deadline;
 use crate::policy::outlier::Observation;
@@ -49,6 +52,24 @@ pub(super) async fn run(
     if let Some(log) = done.log.as_mut() {
         log.upstream = Some(set.name.clone());
     }
+
+    // A WebSocket handshake is told apart only when the header scan (which
+    // forwarding needs anyway) has seen an `Upgrade` header.
+    let mask = forward::scan(&parts.headers);
+    let mut upgrade: Option<OnUpgrade> = None;
+    if mask & forward::UPGRADE_PRESENT != 0 && websocket::is_upgrade(&parts) {
+        done.websocket = WebSocketStage::Requested;
+        if !policies.websocket.allowed {
+            let e = ProxyError::websocket_not_allowed(&route.name);
+            return local_error(e, &request_id, done);
+        }
+        if set.protocol != UpstreamProtocol::Http1 {
+            let e = ProxyError::websocket_unsupported(&set.name);
+            return local_error(e, &request_id, done);
+        }
+        upgrade = parts.extensions.remove::<OnUpgrade>();
+    }
+    let websocket = done.websocket == WebSocketStage::Requested;
 
     // The deadline: the route's, capped by what the caller will wait.
     let incoming = deadline::incoming(&parts.headers);
@@ -81,6 +102,8 @@ pub(super) async fn run(
     let mut target = target.clone();
     if let Err(e) = forward::prepare_request(
         &mut parts,
+        mask,
+        websocket,
         route,
         set.protocol,
         &done.ctx,
@@ -104,10 +127,11 @@ pub(super) async fn run(
         .retry
         .as_ref()
         .filter(|_| RetryPolicy::is_retryable_request(&parts.method, &parts.headers));
+    // A handshake copy would open a WebSocket on the shadow upstream.
     let mirror = policies
         .mirror
         .as_ref()
-        .filter(|m| mirror::selected(m, &parts.headers));
+        .filter(|m| !websocket && mirror::selected(m, &parts.headers));
     let keep = retry
         .map(RetryPolicy::max_body)
         .max(mirror.map(|m| m.max_body));
@@ -287,6 +311,33 @@ pub(super) async fn run(
                         None => set.metrics.response_duration.observe(elapsed),
                     }
                     let mut response = exchange.response;
+                    if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // The upgraded connection belongs to the tunnel: its
+                        // request handle (`exchange.conn`) is dropped here,
+                        // never cached or pooled.
+                        done.upstream = Some(UpstreamUse {
+                            target,
+                            conn: None,
+                            elapsed,
+                            permit,
+                        });
+                        return match upgrade.take() {
+                            Some(client) => websocket::open(
+                                response,
+                                client,
+                                route,
+                                &policies.websocket,
+                                rate.as_ref(),
+                                &request_id,
+                                done,
+                            ),
+                            None => local_error(
+                                ProxyError::reset("the client connection cannot be upgraded"),
+                                &request_id,
+                                done,
+                            ),
+                        };
+                    }
                     forward::prepare_response(&mut response, route, &request_id);
                     if let Some(rate) = &rate {
                         rate.apply(response.headers_mut());

@@ -507,7 +507,10 @@ where
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
         let _permit = permit;
-        if let Err(e) = conn.await {
+        // With upgrades, a 101 hands the connection to whoever holds the
+        // response (a WebSocket tunnel) and this task ends; the connection
+        // is never pooled again.
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream connection ended");
         }
     });

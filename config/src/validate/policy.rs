@@ -38,6 +38,20 @@ impl Validator<'_> {
                 );
             }
         };
+        if let Some(idle) = route.websocket_idle_timeout {
+            only_forwarding(self, "websocket_idle_timeout");
+            if idle.is_zero() {
+                self.error(
+                    format!("{base}.websocket_idle_timeout"),
+                    "must be greater than 0 (omit it for no limit)",
+                );
+            } else if !route.websocket {
+                self.error(
+                    format!("{base}.websocket_idle_timeout"),
+                    "has no effect with `websocket: false`",
+                );
+            }
+        }
         if route.retry.is_some() {
             only_forwarding(self, "retry");
             self.retry(base, route);

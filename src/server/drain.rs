@@ -1,0 +1,121 @@
+//! Graceful drain of client connections: one signal every served connection
+//! watches, and a count of the connections still being served. When the
+//! signal fires, each connection finishes the request it is serving and
+//! closes.
+//!
+//! hyper-util's `GracefulShutdown` does the same for the connection types it
+//! knows, but not for an HTTP/1.1 connection served `with_upgrades()`, which
+//! WebSockets need. A connection that upgrades is over for this module (its
+//! future completes when hyper hands the socket out); the tunnel that takes
+//! it is counted by `proxy::Tunnels`.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use hyper::body::{Body, Incoming};
+use hyper::rt::bounds::Http2ServerConnExec;
+use hyper::rt::{Read, Write};
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
+use tokio::sync::watch;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Starts the drain and waits for the watched connections to end.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    tx: watch::Sender<()>,
+}
+
+/// One connection's view of the drain; counted while it lives.
+#[derive(Debug)]
+pub(crate) struct DrainWatch {
+    rx: watch::Receiver<()>,
+}
+
+/// A hyper server connection that can be asked to finish gracefully.
+pub(crate) trait Drainable: Future<Output = Result<(), hyper::Error>> {
+    /// Finish the request in progress, then close.
+    fn begin_drain(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Drainable for http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn begin_drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E, B> Drainable for http2::Connection<I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    E: Http2ServerConnExec<S::Future, B>,
+{
+    fn begin_drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            tx: watch::channel(()).0,
+        }
+    }
+}
+
+impl Drain {
+    /// A watch for one new connection.
+    pub(crate) fn watcher(&self) -> DrainWatch {
+        DrainWatch {
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// Connections being served.
+    pub(crate) fn count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Asks every watched connection to finish, and returns once all have.
+    pub(crate) async fn run(self) {
+        let _ = self.tx.send(());
+        self.tx.closed().await;
+    }
+}
+
+impl DrainWatch {
+    /// Serves `conn` until it ends, asking it to finish once the drain
+    /// starts. It is polled once first: hyper then holds the bytes already
+    /// received, so a drain that has begun lets this connection's request
+    /// finish instead of closing it unanswered.
+    pub(crate) async fn serve<C>(mut self, mut conn: C) -> Result<(), hyper::Error>
+    where
+        C: Drainable + Unpin,
+    {
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut conn).poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result;
+        }
+        tokio::select! {
+            biased;
+            result = &mut conn => return result,
+            // A dropped `Drain` drains as well.
+            _ = self.rx.changed() => {}
+        }
+        Pin::new(&mut conn).begin_drain();
+        conn.await
+    }
+}
