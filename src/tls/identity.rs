@@ -135,3 +135,81 @@ fn escape(value: &str) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(dn: &[(rcgen::DnType, &str)], sans: &[&str]) -> rcgen::Certificate {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        for (ty, value) in dn {
+            params.distinguished_name.push(ty.clone(), *value);
+        }
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| match s.parse() {
+                Ok(ip) => rcgen::SanType::IpAddress(ip),
+                Err(_) if s.contains("://") => rcgen::SanType::URI((*s).try_into().unwrap()),
+                Err(_) => rcgen::SanType::DnsName((*s).try_into().unwrap()),
+            })
+            .collect();
+        params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_subject_reads_as_openssl_prints_it_in_rfc2253_form() {
+        use rcgen::DnType::*;
+        let cert = issued(
+            &[
+                (CountryName, "DE"),
+                (OrganizationName, "Example, Inc."),
+                (CommonName, "api"),
+            ],
+            &[],
+        );
+        let id = client_cert(cert.der()).unwrap();
+        // rcgen writes the CN first; RFC 4514 prints the last RDN first,
+        // with special characters escaped. This is exactly what
+        // `openssl x509 -noout -subject -nameopt RFC2253` prints for it.
+        assert_eq!(id.subject, r"O=Example\, Inc.,C=DE,CN=api");
+    }
+
+    #[test]
+    fn every_kind_of_san_is_read_in_order() {
+        let cert = issued(
+            &[(rcgen::DnType::CommonName, "svc")],
+            &[
+                "spiffe://example.org/ns/shop/sa/api",
+                "api.internal",
+                "10.0.0.7",
+                "::1",
+            ],
+        );
+        let id = client_cert(cert.der()).unwrap();
+        assert_eq!(
+            id.sans,
+            [
+                "spiffe://example.org/ns/shop/sa/api",
+                "api.internal",
+                "10.0.0.7",
+                "::1"
+            ]
+        );
+        assert_eq!(dns_names(cert.der()), ["api.internal"]);
+    }
+
+    #[test]
+    fn a_certificate_without_dns_sans_is_named_by_its_common_name() {
+        let cert = issued(&[(rcgen::DnType::CommonName, "Legacy.Example")], &[]);
+        assert_eq!(dns_names(cert.der()), ["legacy.example"]);
+    }
+
+    #[test]
+    fn garbage_is_no_identity() {
+        assert_eq!(client_cert(b"not a certificate"), None);
+        assert!(dns_names(b"junk").is_empty());
+        assert_eq!(not_after(b"junk"), None);
+    }
+}

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod gateway;
 pub mod pattern;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
