@@ -235,7 +235,23 @@ pub fn summary(path: &Path, c: &Config) -> String {
                 ListenerProtocol::H2c => "h2c",
             })
             .collect();
-        let _ = writeln!(s, "  {:<16} {:<24} {}", l.name, l.address, protos.join(","));
+        let protos = match &l.tls {
+            Some(tls) => {
+                let alpn: Vec<String> = tls
+                    .alpn
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p.id()).into_owned())
+                    .collect();
+                let mtls = match tls.client_auth.as_ref().map(|a| a.mode) {
+                    Some(weir_config::ClientAuthMode::Require) => " mtls",
+                    Some(weir_config::ClientAuthMode::Optional) => " mtls-optional",
+                    None => "",
+                };
+                format!("tls({}){mtls}", alpn.join(","))
+            }
+            None => protos.join(","),
+        };
+        let _ = writeln!(s, "  {:<16} {:<24} {}", l.name, l.address, protos);
     }
     if let Some(a) = &c.admin {
         let _ = writeln!(s, "admin: {}", a.address);
@@ -264,6 +280,10 @@ pub fn summary(path: &Path, c: &Config) -> String {
         }
         if !m.query.is_empty() {
             cond.push(format!("query={}", m.query.len()));
+        }
+        if let Some(cc) = &m.client_cert {
+            let who = cc.san.as_deref().or(cc.subject.as_deref()).unwrap_or("?");
+            cond.push(format!("client_cert={who}"));
         }
         let mut target = match (&r.upstream, &r.upstreams, &r.direct_response) {
             (Some(u), _, _) => format!("-> {u}"),
