@@ -579,3 +579,48 @@ async fn a_thousand_concurrent_websockets() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn secure_websockets_pass_through_a_tls_listener() {
+    use support::tls::{client_config, Ca, CertDir};
+    let dir = CertDir::new("wss");
+    let ca = Ca::new("weir test CA");
+    let (cert, key) = ca.server("edge", &["edge.test"]).write(&dir, "edge");
+    let up = EchoServer::spawn().await;
+    let gw = TestGateway::start(&fill(
+        &format!(
+            "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    \
+             tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }}\n{ROUTES}"
+        ),
+        &[("up", &up.addr)],
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr()).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("edge.test").expect("name");
+    // WebSockets ride on HTTP/1.1 (RFC 8441 over HTTP/2 is not supported).
+    let tls = tokio_rustls::TlsConnector::from(client_config(&ca, None, &[b"http/1.1"]))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut ws, _) = within(
+        IO_TIMEOUT,
+        "the secure WebSocket handshake",
+        tokio_tungstenite::client_async("wss://edge.test/secure", tls),
+    )
+    .await
+    .expect("wss handshake");
+    ws.send(Message::text("over tls")).await.unwrap();
+    let echoed = within(IO_TIMEOUT, "the echo", ws.next())
+        .await
+        .expect("open")
+        .expect("message");
+    assert_eq!(echoed, Message::text("over tls"));
+    ws.close(None).await.unwrap();
+    loop {
+        match within(IO_TIMEOUT, "the close", ws.next()).await {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert_eq!(up.seen.handshakes.load(Ordering::Relaxed), 1);
+}
