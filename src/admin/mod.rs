@@ -27,7 +27,7 @@ use crate::state::State;
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the admin API until `stop` flips, then lets the requests in
-/// flight finish (bounded by [`DRAIN`]) and closes idle connections.
+/// flight finish (bounded by `DRAIN`) and closes idle connections.
 pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     loop {

@@ -11,6 +11,7 @@
 //! dropped and counted.
 
 mod export;
+mod otlp;
 #[cfg(test)]
 mod tests;
 

@@ -8,7 +8,7 @@
 //! [`Tracer`]: super::Tracer
 
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -16,21 +16,13 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span, SpanFlags, Status,
-};
 use prometheus_client::metrics::counter::Counter;
-use prost::Message as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use weir_config::OtlpEndpoint;
 
-use super::{AttributeValue, FinishedSpan, SpanKind, SpanStatus, TracerError};
+use super::otlp::{self, Encoder};
+use super::{FinishedSpan, TracerError};
 
 /// At most one warning per this long about failed exports; the others are
 /// counted into the next one.
@@ -57,8 +49,7 @@ pub(super) struct Export {
     batch_size: usize,
     flush_interval: Duration,
     timeout: Duration,
-    resource: Resource,
-    scope: InstrumentationScope,
+    encoder: Encoder,
     dropped: Counter,
     /// The kept-alive collector connection, if any.
     conn: Option<SendRequest<Full<Bytes>>>,
@@ -107,18 +98,7 @@ impl Export {
             batch_size: cfg.batch_size.max(1),
             flush_interval: cfg.flush_interval.get(),
             timeout: cfg.timeout.get(),
-            resource: Resource {
-                attributes: vec![
-                    key_value("service.name", string(cfg.service_name.clone())),
-                    key_value("service.version", string(version.to_owned())),
-                ],
-                ..Default::default()
-            },
-            scope: InstrumentationScope {
-                name: "weir".into(),
-                version: version.into(),
-                ..Default::default()
-            },
+            encoder: Encoder::new(&cfg.service_name, version),
             dropped,
             conn: None,
             failures: FailureLog::default(),
@@ -259,12 +239,7 @@ impl Export {
         if !status.is_success() {
             return Err(ExportError::Status(status));
         }
-        // An empty or undecodable answer means full success (OTLP/HTTP).
-        let rejected = ExportTraceServiceResponse::decode(answer)
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0));
-        Ok(rejected)
+        Ok(otlp::rejected_spans(&answer))
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ExportError> {
@@ -300,19 +275,8 @@ impl Export {
         request
     }
 
-    fn encode(&self, spans: impl Iterator<Item = FinishedSpan>) -> Bytes {
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(self.scope.clone()),
-                    spans: spans.map(to_proto).collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        Bytes::from(request.encode_to_vec())
+    fn encode(&mut self, spans: impl Iterator<Item = FinishedSpan>) -> Bytes {
+        self.encoder.encode(spans)
     }
 }
 
@@ -322,75 +286,6 @@ async fn send(
 ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
     sender.ready().await?;
     sender.send_request(request).await
-}
-
-/// The OTLP form of a span.
-fn to_proto(span: FinishedSpan) -> Span {
-    let ctx = span.ctx;
-    // OTLP flags: the W3C flags, plus whether the parent came from another
-    // process (it always does when there is one: weir's caller).
-    let mut flags = u32::from(ctx.flags) | SpanFlags::ContextHasIsRemoteMask as u32;
-    if ctx.parent_span_id.is_some() {
-        flags |= SpanFlags::ContextIsRemoteMask as u32;
-    }
-    let kind = match span.kind {
-        SpanKind::Server => span::SpanKind::Server,
-        SpanKind::Client => span::SpanKind::Client,
-    };
-    let status = match span.status {
-        SpanStatus::Unset => None,
-        SpanStatus::Error => Some(Status {
-            code: status::StatusCode::Error as i32,
-            message: String::new(),
-        }),
-    };
-    Span {
-        trace_id: ctx.trace_id.to_vec(),
-        span_id: ctx.span_id.to_vec(),
-        trace_state: ctx
-            .tracestate
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
-        parent_span_id: ctx.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        flags,
-        name: span.name.into_owned(),
-        kind: kind as i32,
-        start_time_unix_nano: unix_nanos(span.start),
-        end_time_unix_nano: unix_nanos(span.end),
-        attributes: span
-            .attributes
-            .into_iter()
-            .map(|(key, value)| {
-                let value = match value {
-                    AttributeValue::Str(s) => any_value::Value::StringValue(s.into_owned()),
-                    AttributeValue::Int(i) => any_value::Value::IntValue(i),
-                    AttributeValue::Bool(b) => any_value::Value::BoolValue(b),
-                };
-                key_value(key, value)
-            })
-            .collect(),
-        status,
-        ..Default::default()
-    }
-}
-
-fn key_value(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
-
-fn string(s: String) -> any_value::Value {
-    any_value::Value::StringValue(s)
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 // === impl FailureLog ===

@@ -361,3 +361,139 @@ fn hex_round_trips() {
     assert_eq!(unhex::<8>(b"00017F80FEFF10AB"), None);
     assert_eq!(unhex::<8>(b"00017f80feff10a"), None);
 }
+
+mod otlp_encoding {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::trace::v1::{span, status};
+    use prost::Message as _;
+
+    use super::*;
+    use crate::observe::tracing::otlp::{rejected_spans, Encoder};
+
+    fn finished(parent: bool, status: SpanStatus) -> FinishedSpan {
+        let ctx = if parent {
+            with_parent(&format!("00-{TRACE}-{PARENT}-01"))
+        } else {
+            TraceContext::from_request(&HeaderMap::new(), &Sampler::new(1.0))
+        };
+        let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_733_380_000_123_456_789);
+        FinishedSpan {
+            ctx,
+            name: Cow::Borrowed("GET /api/"),
+            kind: SpanKind::Server,
+            start,
+            end: start + Duration::from_micros(1500),
+            attributes: vec![
+                ("http.request.method", AttributeValue::Str("GET".into())),
+                ("empty", AttributeValue::Str("".into())),
+                ("http.response.status_code", AttributeValue::Int(503)),
+                ("zero", AttributeValue::Int(0)),
+                ("negative", AttributeValue::Int(-7)),
+                ("flag", AttributeValue::Bool(false)),
+            ],
+            status,
+        }
+    }
+
+    #[test]
+    fn what_weir_writes_decodes_as_the_otlp_messages() {
+        let mut encoder = Encoder::new("edge", "1.2.3");
+        let spans = vec![
+            finished(true, SpanStatus::Error),
+            finished(false, SpanStatus::Unset),
+        ];
+        let expected: Vec<_> = spans
+            .iter()
+            .map(|s| (s.ctx.trace_id(), s.ctx.span_id()))
+            .collect();
+        let bytes = encoder.encode(spans.into_iter());
+        let request = ExportTraceServiceRequest::decode(bytes).expect("valid protobuf");
+        assert_eq!(request.resource_spans.len(), 1);
+        let rs = &request.resource_spans[0];
+        let resource = rs.resource.as_ref().expect("resource");
+        let attr = |kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str| {
+            kvs.iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(
+            attr(&resource.attributes, "service.name"),
+            Some(Value::StringValue("edge".into()))
+        );
+        let ss = &rs.scope_spans[0];
+        let scope = ss.scope.as_ref().expect("scope");
+        assert_eq!(
+            (scope.name.as_str(), scope.version.as_str()),
+            ("weir", "1.2.3")
+        );
+        assert_eq!(ss.spans.len(), 2);
+
+        let first = &ss.spans[0];
+        assert_eq!(first.trace_id, expected[0].0);
+        assert_eq!(first.span_id, expected[0].1);
+        assert_eq!(first.parent_span_id, hex_bytes(PARENT));
+        assert_eq!(first.trace_state, "congo=t61rcWkgMzE");
+        assert_eq!(first.name, "GET /api/");
+        assert_eq!(first.kind, span::SpanKind::Server as i32);
+        assert_eq!(first.start_time_unix_nano, 1_733_380_000_123_456_789);
+        assert_eq!(first.end_time_unix_nano, 1_733_380_000_124_956_789);
+        assert_eq!(first.flags, 0x01 | 0x100 | 0x200);
+        assert_eq!(
+            first.status.as_ref().map(|s| s.code),
+            Some(status::StatusCode::Error as i32)
+        );
+        for (key, want) in [
+            ("http.request.method", Value::StringValue("GET".into())),
+            ("empty", Value::StringValue(String::new())),
+            ("http.response.status_code", Value::IntValue(503)),
+            ("zero", Value::IntValue(0)),
+            ("negative", Value::IntValue(-7)),
+            ("flag", Value::BoolValue(false)),
+        ] {
+            assert_eq!(attr(&first.attributes, key), Some(want), "{key}");
+        }
+
+        let second = &ss.spans[1];
+        assert_eq!(second.trace_id, expected[1].0);
+        assert!(second.parent_span_id.is_empty());
+        assert!(second.trace_state.is_empty());
+        assert_eq!(second.flags, 0x01 | 0x100);
+        assert_eq!(second.status, None);
+
+        // The buffers are reused: a second batch is whole on its own.
+        let again = encoder.encode(std::iter::once(finished(false, SpanStatus::Unset)));
+        let request = ExportTraceServiceRequest::decode(again).expect("valid protobuf");
+        assert_eq!(request.resource_spans[0].scope_spans[0].spans.len(), 1);
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_collectors_rejected_count_is_read() {
+        let answer = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 42,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(rejected_spans(&answer), 42);
+        assert_eq!(rejected_spans(&[]), 0);
+        assert_eq!(
+            rejected_spans(&ExportTraceServiceResponse::default().encode_to_vec()),
+            0
+        );
+        // Garbage is full success, as OTLP/HTTP says an undecodable answer is.
+        assert_eq!(rejected_spans(&[0xff, 0xff, 0xff]), 0);
+        assert_eq!(rejected_spans(&[0x0a, 0x05, 0x08]), 0);
+    }
+}
