@@ -398,25 +398,57 @@ upstreams:
 
 #[test]
 fn every_error_code_maps_to_the_documented_grpc_status() {
-    // The table in docs/protocols.md, checked against the doc itself.
+    use weir::proxy::ProxyError;
+    // The table in docs/protocols.md must say what the code does.
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocols.md"))
         .expect("docs/protocols.md");
-    for (code, status) in [
-        ("route_not_found", "12 UNIMPLEMENTED"),
-        ("upstream_connect_failed", "14 UNAVAILABLE"),
-        ("upstream_reset", "14 UNAVAILABLE"),
-        ("no_healthy_upstream", "14 UNAVAILABLE"),
-        ("circuit_open", "14 UNAVAILABLE"),
-        ("upstream_timeout", "4 DEADLINE_EXCEEDED"),
-        ("rate_limited", "8 RESOURCE_EXHAUSTED"),
-    ] {
-        let row = format!("| `{code}` |");
+    let errors = [
+        ProxyError::route_not_found("POST", "h", "/a.B/C"),
+        ProxyError::not_implemented("x"),
+        ProxyError::bad_request("x"),
+        ProxyError::client_cert_forbidden("POST", "/a.B/C"),
+        ProxyError::cors_origin_not_allowed("r"),
+        ProxyError::connect_failed("x"),
+        ProxyError::reset("x"),
+        ProxyError::no_healthy_upstream("u"),
+        ProxyError::circuit_open("u", "max_requests"),
+        ProxyError::timeout("x"),
+        ProxyError::rate_limited("x"),
+    ];
+    for e in errors {
+        let row = format!("| `{}` |", e.code);
         let line = doc
             .lines()
             .find(|l| l.starts_with(&row))
-            .unwrap_or_else(|| panic!("no row for {code} in docs/protocols.md"));
-        assert!(line.contains(status), "{code}: {line}");
+            .unwrap_or_else(|| panic!("no row for {} in docs/protocols.md", e.code));
+        let status = format!("| {} ", e.grpc_status());
+        assert!(
+            line.contains(&status),
+            "{}: code says {status}, doc: {line}",
+            e.code
+        );
     }
+    let expected = [
+        ("route_not_found", 12),
+        ("upstream_connect_failed", 14),
+        ("circuit_open", 14),
+        ("upstream_timeout", 4),
+        ("rate_limited", 8),
+    ];
+    for (code, status) in expected {
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{code}` |")))
+            .unwrap();
+        assert!(line.contains(&format!("| {status} ")), "{line}");
+    }
+    // fault_injected follows the HTTP status it was given.
+    let fault = |s: u16| ProxyError::fault_injected(http::StatusCode::from_u16(s).unwrap());
+    assert_eq!(fault(503).grpc_status(), 14);
+    assert_eq!(fault(429).grpc_status(), 14);
+    assert_eq!(fault(404).grpc_status(), 12);
+    assert_eq!(fault(401).grpc_status(), 16);
+    assert_eq!(fault(500).grpc_status(), 2);
 }
 
 // === routing ===
