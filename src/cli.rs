@@ -272,6 +272,12 @@ pub fn summary(path: &Path, c: &Config) -> String {
         if let Some(p) = &m.path_regex {
             cond.push(format!("regex={p}"));
         }
+        if let Some(g) = &m.grpc {
+            match &g.method {
+                Some(method) => cond.push(format!("grpc={}/{method}", g.service)),
+                None => cond.push(format!("grpc={}/*", g.service)),
+            }
+        }
         if let Some(ms) = &m.methods {
             cond.push(format!("methods={}", ms.join(",")));
         }
@@ -302,6 +308,8 @@ pub fn summary(path: &Path, c: &Config) -> String {
             ("rate_limit", r.rate_limit.is_some()),
             ("fault", r.fault.is_some()),
             ("mirror", r.mirror.is_some()),
+            ("grpc_web", r.grpc_web),
+            ("cors", r.cors.is_some()),
         ]
         .iter()
         .filter(|(_, on)| *on)

@@ -17,6 +17,7 @@
 
 mod diff;
 mod error;
+mod grpc;
 mod lines;
 mod listener;
 mod observability;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use diff::ConfigDiff;
 pub use error::{ConfigError, ConfigErrors};
+pub use grpc::{Cors, GrpcMatch};
 pub use listener::{Listener, ListenerProtocol};
 pub use observability::{OtlpEndpoint, Tracing};
 pub use policy::{

@@ -43,9 +43,14 @@ impl Number {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// `http` (default) or `tcp` (a successful connect is healthy).
+    /// `http` (default), `tcp` (a successful connect is healthy) or `grpc`
+    /// (the gRPC health protocol).
     #[serde(rename = "type", default)]
     pub kind: HealthCheckKind,
+    /// Service asked about by gRPC checks (`grpc.health.v1.Health/Check`).
+    /// Default `""`: the server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Path requested by HTTP checks. Default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -79,6 +84,10 @@ pub enum HealthCheckKind {
     Http,
     /// A TCP connect.
     Tcp,
+    /// A `grpc.health.v1.Health/Check` call over HTTP/2 (h2c, or h2 on a
+    /// TLS upstream); healthy when the answer is `SERVING`. Needs an
+    /// upstream with `protocol: h2c` or `h2`.
+    Grpc,
 }
 
 fn default_check_interval() -> Duration {

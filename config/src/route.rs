@@ -69,6 +69,17 @@ pub struct Route {
     /// silent connection stays open until a side closes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket_idle_timeout: Option<Duration>,
+    /// Translates gRPC-Web (`application/grpc-web`, `application/grpc-web-text`)
+    /// from browsers into gRPC towards the upstream, which must speak
+    /// HTTP/2 (`protocol: h2c` or `h2`), and the answers back, trailers
+    /// included. Default false: gRPC-Web requests are forwarded as they
+    /// are.
+    #[serde(default)]
+    pub grpc_web: bool,
+    /// Answers browsers' CORS preflight requests and marks responses for
+    /// allowed origins. Absent = weir leaves CORS to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::Cors>,
 }
 
 fn default_websocket() -> bool {
@@ -109,6 +120,11 @@ pub struct RouteMatch {
     /// this one, and no other route, gets `403 client_cert_forbidden`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<crate::ClientCertMatch>,
+    /// A gRPC service and method: the same as the path gRPC sends them in
+    /// (`/SERVICE/METHOD`, or the prefix `/SERVICE/`). Cannot be combined
+    /// with `path`, `path_prefix` or `path_regex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<crate::GrpcMatch>,
 }
 
 /// A response weir writes itself.

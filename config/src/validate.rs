@@ -4,6 +4,7 @@
 //! Every problem is collected rather than stopping at the first, so a user
 //! fixes a file in one pass.
 
+mod grpc;
 mod policy;
 mod syntax;
 mod tls;
@@ -222,6 +223,7 @@ impl Validator<'_> {
             self.header_ops(&format!("{base}.request_headers"), &route.request_headers);
             self.header_ops(&format!("{base}.response_headers"), &route.response_headers);
             self.route_policies(config, &base, route);
+            self.grpc_route(config, &base, route);
         }
     }
 

@@ -24,6 +24,12 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteGrpcLabel {
+    route: String,
+    grpc_status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
     route: String,
 }
@@ -107,6 +113,7 @@ pub struct Metrics {
     spans_dropped: Counter,
     websocket_active: Family<RouteLabel, Gauge>,
     websocket_upgrades: Family<RouteResultLabel, Counter>,
+    grpc_responses: Family<RouteGrpcLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -328,6 +335,12 @@ impl Metrics {
             "WebSocket upgrade requests, by route and result (upgraded; refused: the upstream answered other than 101; not_allowed: the route has websocket: false; error: weir answered with an error of its own)",
             websocket_upgrades.clone(),
         );
+        let grpc_responses = Family::<RouteGrpcLabel, Counter>::default();
+        registry.register(
+            "weir_grpc_responses",
+            "gRPC and gRPC-Web calls by route and the gRPC status they ended with (from the trailers, a trailers-only answer, or weir's own error)",
+            grpc_responses.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -348,6 +361,7 @@ impl Metrics {
             spans_dropped,
             websocket_active,
             websocket_upgrades,
+            grpc_responses,
         }
     }
 
@@ -535,6 +549,8 @@ impl Metrics {
             route: route.to_owned(),
             upstream: upstream.to_owned(),
             slots: std::array::from_fn(|_| OnceLock::new()),
+            grpc_family: self.grpc_responses.clone(),
+            grpc_slots: std::array::from_fn(|_| OnceLock::new()),
             duration: self
                 .request_duration
                 .get_or_create(&RouteLabel {
@@ -617,8 +633,15 @@ pub struct RouteMetrics {
     // methods never seen) and then cached: after that a request costs one
     // atomic load and one atomic add.
     slots: [OnceLock<Counter>; METHOD_SLOTS * CLASSES.len()],
+    grpc_family: Family<RouteGrpcLabel, Counter>,
+    // One per gRPC status (0-16) and one for any other value; created on
+    // first use like `slots`. Only gRPC calls touch them.
+    grpc_slots: [OnceLock<Counter>; GRPC_SLOTS],
     duration: LatencyHistogram,
 }
+
+/// gRPC statuses 0-16, plus one slot for values outside the specification.
+const GRPC_SLOTS: usize = 18;
 
 impl RouteMetrics {
     /// Records one finished request; `exemplar` (trace id, span id) when
@@ -651,6 +674,27 @@ impl RouteMetrics {
             Some((trace, span)) => self.duration.observe_traced(elapsed, trace, span),
             None => self.duration.observe(elapsed),
         }
+    }
+}
+
+impl RouteMetrics {
+    /// Counts a gRPC call that ended with `status`.
+    pub fn record_grpc(&self, status: u16) {
+        let slot = usize::from(status).min(GRPC_SLOTS - 1);
+        self.grpc_slots[slot]
+            .get_or_init(|| {
+                self.grpc_family
+                    .get_or_create(&RouteGrpcLabel {
+                        route: self.route.clone(),
+                        grpc_status: if slot == GRPC_SLOTS - 1 {
+                            "other".to_owned()
+                        } else {
+                            slot.to_string()
+                        },
+                    })
+                    .clone()
+            })
+            .inc();
     }
 }
 

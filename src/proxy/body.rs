@@ -6,6 +6,11 @@
 //! its body was read to the end), metrics are recorded, the access log line is
 //! written. Doing this at drop time means every way a response can end
 //! (finished, client gone, upstream reset, deadline) is accounted exactly once.
+//!
+//! For a gRPC call it also reads the status from the trailers (for the
+//! metrics), ends a call that fails mid-stream with trailers carrying the
+//! gRPC status rather than a reset, and for a translated gRPC-Web call
+//! re-encodes the frames (`grpc_web.rs`).
 
 use std::fmt;
 use std::pin::Pin;
@@ -13,6 +18,8 @@ use std::task::{Context, Poll};
 
 use super::complete::Completion;
 use super::deadline::Deadline;
+use super::grpc;
+use super::grpc_web::WebEncoder;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -59,6 +66,17 @@ pub struct ResponseBody {
     ended: bool,
     error: Option<&'static str>,
     completion: Option<Completion>,
+    // Only gRPC calls pay for this (one allocation per call).
+    grpc: Option<Box<GrpcStream>>,
+}
+
+/// The gRPC side of a response body.
+#[derive(Debug)]
+struct GrpcStream {
+    /// gRPC-Web translation, when the route does it.
+    web: Option<WebEncoder>,
+    /// The call has ended (trailers sent): nothing more follows.
+    finished: bool,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -102,7 +120,56 @@ impl ResponseBody {
             ended: false,
             error: None,
             completion: None,
+            grpc: None,
         }
+    }
+
+    /// Treats the body as a gRPC call's: the status is read from the
+    /// trailers, a failure ends the call with a gRPC status in trailers,
+    /// and `web` re-encodes everything as gRPC-Web.
+    pub fn grpc(&mut self, web: Option<WebEncoder>) {
+        self.grpc = Some(Box::new(GrpcStream {
+            web,
+            finished: false,
+        }));
+    }
+
+    /// Ends a gRPC call that failed with `code` with trailers (or, in
+    /// gRPC-Web, the trailer frame) carrying its gRPC status.
+    fn end_call(&mut self, code: &'static str, detail: &str) -> Frame<Bytes> {
+        let status = super::error::grpc_status(code, http::StatusCode::OK);
+        if let Some(c) = self.completion.as_mut() {
+            c.grpc_status = Some(status);
+        }
+        let mut trailers = http::HeaderMap::new();
+        grpc::status_headers(&mut trailers, status, &format!("{code}: {detail}"));
+        let Some(g) = self.grpc.as_mut() else {
+            return Frame::trailers(trailers);
+        };
+        g.finished = true;
+        match g.web.as_mut() {
+            Some(web) => {
+                let data = web.trailers(&trailers);
+                self.bytes += data.len() as u64;
+                Frame::data(data)
+            }
+            None => Frame::trailers(trailers),
+        }
+    }
+
+    /// Fails the body with `err`, or for a gRPC call ends it cleanly with
+    /// the matching status.
+    fn fail(
+        &mut self,
+        code: &'static str,
+        err: BodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.error = Some(code);
+        if self.grpc.is_some() {
+            let detail = err.to_string();
+            return Poll::Ready(Some(Ok(self.end_call(code, &detail))));
+        }
+        Poll::Ready(Some(Err(err)))
     }
 
     /// Sets the work to run when the response is over.
@@ -131,39 +198,59 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
             },
-            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(d) = frame.data_ref() {
-                        this.bytes += d.len() as u64;
+            Inner::Upstream(body) => loop {
+                if this.grpc.as_ref().is_some_and(|g| g.finished) {
+                    this.ended = this.error.is_none();
+                    return Poll::Ready(None);
+                }
+                return match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(mut frame))) => {
+                        if let Some(idle) = this.idle.as_mut() {
+                            idle.touch();
+                        }
+                        if let Some(g) = this.grpc.as_mut() {
+                            frame = match g.frame(frame, &mut this.completion) {
+                                Some(f) => f,
+                                // Nothing to send yet (text mode).
+                                None => continue,
+                            };
+                        }
+                        if let Some(d) = frame.data_ref() {
+                            this.bytes += d.len() as u64;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
                     }
-                    if let Some(idle) = this.idle.as_mut() {
-                        idle.touch();
+                    Poll::Ready(Some(Err(e))) => {
+                        this.fail("upstream_reset", BodyError::Upstream(e))
                     }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.error = Some("upstream_reset");
-                    Poll::Ready(Some(Err(BodyError::Upstream(e))))
-                }
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    Poll::Ready(None)
-                }
-                Poll::Pending => {
-                    if let Some(deadline) = this.deadline.as_mut() {
-                        if deadline.poll_expired(cx) {
-                            this.error = Some("upstream_timeout");
-                            return Poll::Ready(Some(Err(BodyError::Timeout)));
+                    Poll::Ready(None) => {
+                        this.ended = true;
+                        let rest = this.grpc.as_mut().and_then(|g| {
+                            g.finished = true;
+                            g.web.as_mut().and_then(WebEncoder::finish)
+                        });
+                        match rest {
+                            Some(d) => {
+                                this.bytes += d.len() as u64;
+                                Poll::Ready(Some(Ok(Frame::data(d))))
+                            }
+                            None => Poll::Ready(None),
                         }
                     }
-                    if let Some(idle) = this.idle.as_mut() {
-                        if idle.poll_expired(cx) {
-                            this.error = Some("upstream_idle_timeout");
-                            return Poll::Ready(Some(Err(BodyError::Idle)));
+                    Poll::Pending => {
+                        if let Some(deadline) = this.deadline.as_mut() {
+                            if deadline.poll_expired(cx) {
+                                return this.fail("upstream_timeout", BodyError::Timeout);
+                            }
                         }
+                        if let Some(idle) = this.idle.as_mut() {
+                            if idle.poll_expired(cx) {
+                                return this.fail("upstream_idle_timeout", BodyError::Idle);
+                            }
+                        }
+                        Poll::Pending
                     }
-                    Poll::Pending
-                }
+                };
             },
         }
     }
@@ -171,14 +258,57 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(d) => d.is_none(),
-            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Upstream(b) => match &self.grpc {
+                Some(g) if g.finished => true,
+                Some(g) if g.web.as_ref().is_some_and(WebEncoder::pending) => false,
+                _ => b.is_end_stream(),
+            },
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+            // gRPC-Web changes the size.
+            Inner::Upstream(_) if self.grpc.as_ref().is_some_and(|g| g.web.is_some()) => {
+                SizeHint::default()
+            }
             Inner::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+impl GrpcStream {
+    /// One frame from the upstream: trailers give the call's status (and
+    /// end it); with gRPC-Web everything is re-encoded. None when there is
+    /// nothing to send for it yet.
+    fn frame(
+        &mut self,
+        frame: Frame<Bytes>,
+        done: &mut Option<Completion>,
+    ) -> Option<Frame<Bytes>> {
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                let Some(trailers) = frame.trailers_ref() else {
+                    return Some(frame);
+                };
+                if let Some(c) = done.as_mut() {
+                    c.grpc_status = grpc::status(trailers);
+                }
+                self.finished = true;
+                return Some(match self.web.as_mut() {
+                    Some(web) => Frame::data(web.trailers(trailers)),
+                    None => frame,
+                });
+            }
+        };
+        match self.web.as_mut() {
+            None => Some(Frame::data(data)),
+            Some(web) => {
+                let out = web.data(data);
+                (!out.is_empty()).then(|| Frame::data(out))
+            }
         }
     }
 }

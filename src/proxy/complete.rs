@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use hyper::client::conn::http1;
 
 use super::conn::ConnCtx;
+use super::grpc::{code, GrpcKind};
 use crate::observe::access_log::{rfc3339, AccessRecord};
 use crate::observe::tracing::{FinishedSpan, ServerSpanFacts, TraceContext};
 use crate::policy::circuit_breaker::RequestPermit;
@@ -129,6 +130,12 @@ pub struct Completion {
     pub trace: Option<Box<RequestTrace>>,
     /// WebSocket upgrade, if the request asks for one.
     pub websocket: WebSocketStage,
+    /// The request is a gRPC (or gRPC-Web) call; set once known (error
+    /// paths and the forward stage).
+    pub grpc: Option<GrpcKind>,
+    /// The call's gRPC status, once seen (answer head or trailers) or
+    /// chosen by weir.
+    pub grpc_status: Option<u16>,
 }
 
 impl Completion {
@@ -149,6 +156,9 @@ impl Completion {
         } else if let Some((addr, elapsed)) = self.failed_target.take() {
             upstream_elapsed = Some(elapsed);
             target_addr = Some(addr);
+        }
+        if self.grpc.is_some() && self.grpc_status.is_none() {
+            self.grpc_status = Some(unseen_grpc_status(self.status, complete, body_error));
         }
         match self.websocket {
             WebSocketStage::None => self.record(elapsed),
@@ -224,6 +234,9 @@ impl Completion {
         };
         let exemplar = self.trace.as_ref().and_then(|t| t.exemplar());
         metrics.record(&self.method, self.status, elapsed, exemplar);
+        if let Some(status) = self.grpc_status {
+            metrics.record_grpc(status);
+        }
     }
 
     /// Counts an upgrade request that did not become a tunnel, by why.
@@ -272,6 +285,21 @@ impl Completion {
             SystemTime::now(),
             &facts,
         ));
+    }
+}
+
+/// The status a gRPC call ended with when none was seen: what a client
+/// makes of a non-200 answer; for a 200, the failure that cut it, a call
+/// the client gave up on (CANCELLED), or a call that ended without a
+/// status (UNKNOWN).
+fn unseen_grpc_status(http: StatusCode, complete: bool, body_error: Option<&str>) -> u16 {
+    if http != StatusCode::OK {
+        return super::error::grpc_status_of_http(http);
+    }
+    match body_error {
+        Some(e) => super::error::grpc_status(e, http),
+        None if !complete => code::CANCELLED,
+        None => code::UNKNOWN,
     }
 }
 

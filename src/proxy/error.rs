@@ -1,8 +1,12 @@
 //! `ProxyError`: every way a request can fail inside weir, with who caused it
 //! and the one status and stable code the client sees. All mapping from a
-//! failure to a response happens here and in `respond.rs`, nowhere else.
+//! failure to a response happens here and in `respond.rs`, nowhere else:
+//! the HTTP status and code here, and for a gRPC call the gRPC status
+//! (`grpc_status`, the table in `docs/protocols.md`).
 
 use http::StatusCode;
+
+use super::grpc::code;
 
 /// Code of the refusal of a WebSocket upgrade on a route that does not
 /// allow it (counted apart in `weir_websocket_upgrades_total`).
@@ -185,6 +189,21 @@ impl ProxyError {
         )
     }
 
+    /// 403: a CORS preflight from an origin the route does not allow.
+    pub fn cors_origin_not_allowed(route: &str) -> Self {
+        Self::new(
+            "cors_origin_not_allowed",
+            StatusCode::FORBIDDEN,
+            Source::Downstream,
+            format!("route {route:?} does not allow this Origin (cors.allow_origins)"),
+        )
+    }
+
+    /// The gRPC status a gRPC call that fails this way ends with.
+    pub fn grpc_status(&self) -> u16 {
+        grpc_status(self.code, self.status)
+    }
+
     /// Short title for the status/code pair.
     pub fn title(&self) -> &'static str {
         match self.code {
@@ -201,7 +220,44 @@ impl ProxyError {
             "fault_injected" => "Injected fault",
             WEBSOCKET_NOT_ALLOWED => "WebSocket not allowed on this route",
             "websocket_unsupported" => "The upstream cannot take a WebSocket",
+            "cors_origin_not_allowed" => "Origin not allowed",
             _ => "Gateway error",
         }
+    }
+}
+
+/// The gRPC status for weir's error `code` (sent with HTTP `status` to
+/// other clients). The one place this mapping is decided; keep the table in
+/// `docs/protocols.md` in step.
+pub fn grpc_status(code: &str, status: StatusCode) -> u16 {
+    match code {
+        "route_not_found" | "not_implemented" | "websocket_unsupported" => code::UNIMPLEMENTED,
+        "bad_request" => code::INTERNAL,
+        "client_cert_forbidden" | "cors_origin_not_allowed" | WEBSOCKET_NOT_ALLOWED => {
+            code::PERMISSION_DENIED
+        }
+        "upstream_timeout" => code::DEADLINE_EXCEEDED,
+        "rate_limited" => code::RESOURCE_EXHAUSTED,
+        "upstream_connect_failed"
+        | "upstream_reset"
+        | "upstream_idle_timeout"
+        | "no_healthy_upstream"
+        | "circuit_open" => code::UNAVAILABLE,
+        // `fault_injected` and anything new: what a gRPC client makes of
+        // the HTTP status.
+        _ => grpc_status_of_http(status),
+    }
+}
+
+/// The gRPC specification's mapping of an HTTP status to the gRPC status
+/// a client reports when a response carries no `grpc-status`.
+pub fn grpc_status_of_http(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => code::INTERNAL,
+        401 => code::UNAUTHENTICATED,
+        403 => code::PERMISSION_DENIED,
+        404 => code::UNIMPLEMENTED,
+        429 | 502..=504 => code::UNAVAILABLE,
+        _ => code::UNKNOWN,
     }
 }

@@ -16,6 +16,7 @@ use weir_config::UpstreamProtocol;
 
 use super::conn::ConnCtx;
 use super::error::ProxyError;
+use super::grpc::GrpcKind;
 use crate::router::CompiledRoute;
 use crate::upstream::{ConnectError, Connection, OutboundBody, Target, UpstreamSet};
 
@@ -57,22 +58,44 @@ static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-sa
 static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 /// Bit set by `scan` when an `Upgrade` header is present (`hop_by_hop_bit`).
 pub(super) const UPGRADE_PRESENT: u16 = 4;
+/// Two bits where `scan` records a gRPC content type (`grpc_kind`).
+const GRPC_SHIFT: u16 = 10;
+const GRPC_MASK: u16 = 3 << GRPC_SHIFT;
 
-/// One pass over the (few) header names: which hop-by-hop headers are
-/// present (`hop_by_hop_bit`), plus `XFF_PRESENT`. Every later lookup or
-/// removal hashes; this lets the common message skip nearly all of them.
+/// One pass over the (few) headers: which hop-by-hop headers are present
+/// (`hop_by_hop_bit`), plus `XFF_PRESENT`, and whether the content type is
+/// gRPC's. Every later lookup or removal hashes; this lets the common
+/// message skip nearly all of them.
 pub(super) fn scan(headers: &HeaderMap) -> u16 {
     let mut mask = 0u16;
-    for name in headers.keys() {
+    for (name, value) in headers {
         let n = name.as_str();
         mask |= u16::from(hop_by_hop_bit(n));
         if n == "x-forwarded-for" {
             mask |= XFF_PRESENT;
         } else if n.starts_with(CLIENT_CERT_PREFIX) {
             mask |= CLIENT_CERT_PRESENT;
+        } else if n == "content-type" {
+            let kind = match GrpcKind::of(value.as_bytes()) {
+                None => 0,
+                Some(GrpcKind::Grpc) => 1,
+                Some(GrpcKind::Web) => 2,
+                Some(GrpcKind::WebText) => 3,
+            };
+            mask = (mask & !GRPC_MASK) | (kind << GRPC_SHIFT);
         }
     }
     mask
+}
+
+/// The gRPC kind `scan` found in the content type.
+pub(super) fn grpc_kind(mask: u16) -> Option<GrpcKind> {
+    match (mask & GRPC_MASK) >> GRPC_SHIFT {
+        1 => Some(GrpcKind::Grpc),
+        2 => Some(GrpcKind::Web),
+        3 => Some(GrpcKind::WebText),
+        _ => None,
+    }
 }
 
 /// Removes every `x-client-cert-*` header the client sent.

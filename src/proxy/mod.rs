@@ -12,6 +12,8 @@ mod conn;
 mod deadline;
 mod error;
 mod forward;
+mod grpc;
+mod grpc_web;
 mod mirror;
 mod policies;
 mod respond;
@@ -37,7 +39,7 @@ pub use policies::{
 };
 pub use websocket::{TunnelGuard, Tunnels, CLOSE_TIMEOUT as WEBSOCKET_CLOSE_TIMEOUT};
 
-use crate::router::RouteAction;
+use crate::router::{CompiledRoute, Cors, RouteAction};
 use crate::upstream::hash_key;
 use complete::{Completion, LogFields, RequestTrace, TraceHead, WebSocketStage};
 use forward::X_REQUEST_ID;
@@ -67,6 +69,8 @@ pub async fn handle(
         log: None,
         trace: None,
         websocket: WebSocketStage::None,
+        grpc: None,
+        grpc_status: None,
     };
     let host = request_host(&parts);
     if let Some(tracer) = &ctx.state.tracer {
@@ -109,10 +113,12 @@ pub async fn handle(
         Ok(h) => h,
         Err(e) => {
             ctx.state.metrics.rejected("bad_request");
+            done.grpc = grpc::kind(&parts.headers);
             return Ok(local_error(e, &request_id, done));
         }
     };
     if parts.method == Method::CONNECT {
+        done.grpc = grpc::kind(&parts.headers);
         return Ok(local_error(
             ProxyError::not_implemented("CONNECT is not proxied"),
             &request_id,
@@ -148,12 +154,29 @@ pub async fn handle(
                 parts.uri.path(),
             )
         };
+        // A gRPC client is told UNIMPLEMENTED, in its own terms.
+        done.grpc = grpc::kind(&parts.headers);
         return Ok(local_error(e, &request_id, done));
     };
     done.route = Some(route.order);
+    // CORS: a preflight is answered here; an allowed origin's response is
+    // marked readable at the end, whatever produced it.
+    let cors = match &route.cors {
+        Some(cors) => {
+            let origin = cors.allowed_origin(&parts.headers);
+            if Cors::is_preflight(&parts.method, &parts.headers) {
+                return Ok(preflight(cors, origin, route, &parts, &request_id, done));
+            }
+            origin.map(|o| (cors, o))
+        }
+        None => None,
+    };
     if let RouteAction::Direct(reply) = &route.action {
         let mut resp = respond::direct(reply);
         route.response_headers.apply(resp.headers_mut());
+        if let Some((cors, origin)) = cors {
+            cors.apply(origin, resp.headers_mut());
+        }
         return Ok(finish(resp, &request_id, done));
     }
     // Pick upstream: the route's one, or a side of its split.
@@ -169,12 +192,41 @@ pub async fn handle(
     let policies = snapshot.route_policies.get(route.order);
     let (Some(set), Some(policies)) = (set, policies) else {
         let e = ProxyError::no_healthy_upstream(&route.name);
+        done.grpc = grpc::kind(&parts.headers);
         return Ok(local_error(e, &request_id, done));
     };
-    Ok(tries::run(set, route, policies, parts, body, host, request_id, done).await)
+    let mut resp = tries::run(set, route, policies, parts, body, host, request_id, done).await;
+    if let Some((cors, origin)) = cors {
+        cors.apply(origin, resp.headers_mut());
+    }
+    Ok(resp)
 }
 
-/// Sends a problem+json response for `err`.
+/// Answers a CORS preflight on a route with `cors`: 204 with what the
+/// route allows when `origin` is allowed, else 403.
+fn preflight(
+    cors: &Cors,
+    origin: Option<HeaderValue>,
+    route: &CompiledRoute,
+    parts: &Parts,
+    request_id: &HeaderValue,
+    done: Completion,
+) -> Response<ResponseBody> {
+    let Some(origin) = origin else {
+        return local_error(
+            ProxyError::cors_origin_not_allowed(&route.name),
+            request_id,
+            done,
+        );
+    };
+    let mut resp = Response::new(ResponseBody::empty());
+    *resp.status_mut() = http::StatusCode::NO_CONTENT;
+    *resp.headers_mut() = cors.preflight(origin, &parts.headers);
+    finish(resp, request_id, done)
+}
+
+/// Sends the error response for `err`: a gRPC status for a gRPC call, a
+/// problem+json document otherwise.
 pub(crate) fn local_error(
     err: ProxyError,
     request_id: &HeaderValue,
@@ -184,7 +236,13 @@ pub(crate) fn local_error(
         tracing::debug!(code = err.code, detail = %err.detail, "upstream error");
     }
     done.error = Some(err.code);
-    let resp = respond::problem(&err, request_id.to_str().unwrap_or(""));
+    let resp = match done.grpc {
+        Some(kind) => {
+            done.grpc_status = Some(err.grpc_status());
+            respond::grpc_error(&err, kind)
+        }
+        None => respond::problem(&err, request_id.to_str().unwrap_or("")),
+    };
     finish(resp, request_id, done)
 }
 

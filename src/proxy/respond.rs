@@ -1,5 +1,6 @@
-//! Local responses: RFC 9457 problem documents for errors, and configured
-//! direct responses.
+//! Local responses: RFC 9457 problem documents for errors, gRPC
+//! trailers-only answers for errors on gRPC calls, and configured direct
+//! responses.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -7,6 +8,7 @@ use http::Response;
 
 use super::body::ResponseBody;
 use super::error::ProxyError;
+use super::grpc::{self, GrpcKind};
 use crate::router::DirectReply;
 
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
@@ -25,6 +27,19 @@ pub fn problem(err: &ProxyError, request_id: &str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(Bytes::from(bytes)));
     *resp.status_mut() = err.status;
     resp.headers_mut().insert(CONTENT_TYPE, PROBLEM_JSON);
+    resp
+}
+
+/// The gRPC answer for an error: HTTP 200 whose head carries
+/// `grpc-status` and `grpc-message` and ends the call (a "trailers-only"
+/// response), as gRPC and gRPC-Web clients expect; the message is the
+/// error's code and detail.
+pub fn grpc_error(err: &ProxyError, kind: GrpcKind) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::empty());
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, kind.content_type());
+    let message = format!("{}: {}", err.code, err.detail);
+    grpc::status_headers(headers, err.grpc_status(), &message);
     resp
 }
 

@@ -26,6 +26,8 @@ use super::complete::{Completion, UpstreamUse, WebSocketStage};
 use super::deadline::{within, Deadline};
 use super::error::ProxyError;
 use super::forward;
+use super::grpc::{self, GrpcKind};
+use super::grpc_web;
 use super::mirror;
 use super::policies::RoutePolicies;
 use super::websocket;
@@ -56,6 +58,10 @@ pub(super) async fn run(
     // A WebSocket handshake is told apart only when the header scan (which
     // forwarding needs anyway) has seen an `Upgrade` header.
     let mask = forward::scan(&parts.headers);
+    done.grpc = forward::grpc_kind(mask);
+    // gRPC-Web is translated only where the route asks for it; elsewhere
+    // it goes to the upstream as it came.
+    let web = done.grpc.filter(|k| k.is_web() && route.grpc_web);
     let mut upgrade: Option<OnUpgrade> = None;
     if mask & forward::UPGRADE_PRESENT != 0 && websocket::is_upgrade(&parts) {
         done.websocket = WebSocketStage::Requested;
@@ -113,6 +119,9 @@ pub(super) async fn run(
     ) {
         return local_error(e, &request_id, done);
     }
+    if let Some(kind) = web {
+        grpc_web::request_head(&mut parts.headers, kind);
+    }
     // Every try (and the mirror copy) carries weir's span as the parent.
     if let Some(trace) = &done.trace {
         trace.ctx.propagate(&mut parts.headers);
@@ -141,6 +150,17 @@ pub(super) async fn run(
         match read_small_body(&mut body, &parts, limit, &mut total).await {
             Ok(bytes) => kept = bytes,
             Err(e) => return local_error(e, &request_id, done),
+        }
+        if web == Some(GrpcKind::WebText) {
+            if let Some(text) = kept.take() {
+                match grpc_web::decode_text(&text) {
+                    Some(decoded) => kept = Some(decoded),
+                    None => {
+                        let e = ProxyError::bad_request("the gRPC-Web text body is not base64");
+                        return local_error(e, &request_id, done);
+                    }
+                }
+            }
         }
     }
     let kept_len = kept.as_ref().map(Bytes::len);
@@ -204,6 +224,9 @@ pub(super) async fn run(
         let out_body = match (&kept, body.take()) {
             (Some(b), _) if b.is_empty() => OutboundBody::empty(),
             (Some(b), _) => OutboundBody::Full(Some(b.clone())),
+            (None, Some(stream)) if web == Some(GrpcKind::WebText) => {
+                OutboundBody::base64(stream, counter.clone())
+            }
             (None, Some(stream)) => OutboundBody::Stream(stream, counter.clone()),
             (None, None) => OutboundBody::empty(),
         };
@@ -342,6 +365,22 @@ pub(super) async fn run(
                     if let Some(rate) = &rate {
                         rate.apply(response.headers_mut());
                     }
+                    let mut encoder = None;
+                    if let Some(kind) = done.grpc {
+                        // A trailers-only answer: the status is in the head.
+                        done.grpc_status = grpc::status(response.headers());
+                        if kind.is_web() {
+                            if web.is_some()
+                                && grpc_web::response_head(response.headers_mut(), kind)
+                            {
+                                encoder = Some(grpc_web::WebEncoder::new(kind));
+                            } else if done.grpc_status.is_none() {
+                                // gRPC-Web passed through: its status is in
+                                // the body, which weir does not parse.
+                                done.grpc = None;
+                            }
+                        }
+                    }
                     done.upstream = Some(UpstreamUse {
                         target,
                         conn: exchange.conn,
@@ -351,6 +390,11 @@ pub(super) async fn run(
                     done.status = response.status();
                     let (rparts, rbody) = response.into_parts();
                     let mut body = ResponseBody::upstream(rbody, total, policies.idle);
+                    match (done.grpc, encoder) {
+                        (_, Some(encoder)) => body.grpc(Some(encoder)),
+                        (Some(GrpcKind::Grpc), None) => body.grpc(None),
+                        _ => {}
+                    }
                     body.on_complete(done);
                     Response::from_parts(rparts, body)
                 }

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 use serde_json::{json, Map, Value};
-use weir_config::{ClientCertMatch, RouteMatch};
+use weir_config::{ClientCertMatch, GrpcMatch, RouteMatch};
 
 use super::{ClientCert, RouterError};
 
@@ -106,6 +106,18 @@ impl<'a> Request<'a> {
             query_pairs: OnceCell::new(),
             client_cert,
         }
+    }
+
+    /// True for a CORS preflight (`OPTIONS` with `Origin`) whose
+    /// `Access-Control-Request-Method` is one of `methods`.
+    fn preflight_asks_for(&self, methods: &[Method]) -> bool {
+        *self.method == Method::OPTIONS
+            && self.headers.contains_key(http::header::ORIGIN)
+            && self
+                .headers
+                .get(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                .is_some_and(|m| methods.contains(&m))
     }
 
     fn has_query_param(&self, key: &[u8], value: &[u8]) -> bool {
@@ -220,6 +232,11 @@ pub(super) struct Matcher {
     headers: Box<[(HeaderName, HeaderValue)]>,
     query: Box<[(Box<str>, Box<str>)]>,
     client_cert: Option<ClientCertMatch>,
+    /// `match.grpc` as configured (compiled into `path`), for `describe`.
+    grpc: Option<GrpcMatch>,
+    /// The route answers CORS preflights (`cors`): an `OPTIONS` preflight
+    /// passes `methods` when the method it asks about does.
+    pub(super) preflight_by_requested_method: bool,
 }
 
 impl Matcher {
@@ -230,7 +247,19 @@ impl Matcher {
             .map(|h| compile_host(route, h))
             .transpose()?;
         let path = match (&m.path, &m.path_prefix, &m.path_regex) {
-            (None, None, None) => None,
+            // gRPC names the service and method in the path.
+            (None, None, None) => m.grpc.as_ref().map(|g| {
+                if g.is_prefix() {
+                    PathMatch::Prefix(g.path().into())
+                } else {
+                    PathMatch::Exact(g.path().into())
+                }
+            }),
+            _ if m.grpc.is_some() => {
+                return Err(RouterError::ConflictingPaths {
+                    route: route.to_owned(),
+                })
+            }
             (Some(p), None, None) => Some(PathMatch::Exact(p.as_str().into())),
             (None, Some(p), None) => Some(PathMatch::Prefix(p.as_str().into())),
             (None, None, Some(re)) => Some(PathMatch::Regex {
@@ -280,6 +309,8 @@ impl Matcher {
             headers,
             query,
             client_cert: m.client_cert.clone(),
+            grpc: m.grpc.clone(),
+            preflight_by_requested_method: false,
         })
     }
 
@@ -315,7 +346,9 @@ impl Matcher {
             }
         }
         if let Some(methods) = &self.methods {
-            if !methods.contains(req.method) {
+            let allowed = methods.contains(req.method)
+                || (self.preflight_by_requested_method && req.preflight_asks_for(methods));
+            if !allowed {
                 return false;
             }
         }
@@ -373,6 +406,14 @@ impl Matcher {
             None => {}
         }
         match &self.path {
+            _ if self.grpc.is_some() => {
+                if let Some(g) = &self.grpc {
+                    out.insert(
+                        "grpc".into(),
+                        json!({ "service": g.service, "method": g.method }),
+                    );
+                }
+            }
             Some(PathMatch::Exact(p)) => {
                 out.insert("path".into(), json!(p));
             }

@@ -6,6 +6,7 @@
 //! and must not touch the network, files, clocks or upstream state: no tokio,
 //! no hyper. The proxy layer feeds it request parts and acts on the answer.
 
+mod cors;
 mod matcher;
 mod split;
 #[cfg(test)]
@@ -20,6 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
 use weir_config::{Config, HeaderOps, Route};
 
+pub use cors::Cors;
 use matcher::{Matcher, PathMatch, Request};
 pub use split::{cookie, Side, Split};
 
@@ -128,6 +130,10 @@ pub struct CompiledRoute {
     pub request_headers: HeaderEdits,
     /// Edits on the response sent to the client.
     pub response_headers: HeaderEdits,
+    /// gRPC-Web requests are translated into gRPC (`grpc_web`).
+    pub grpc_web: bool,
+    /// The route's CORS settings, when it has a `cors` block.
+    pub cors: Option<Cors>,
     matcher: Matcher,
     rewrite: Option<PrefixRewrite>,
 }
@@ -139,7 +145,11 @@ impl CompiledRoute {
         upstreams: &HashMap<&str, (usize, Arc<str>)>,
     ) -> Result<CompiledRoute, RouterError> {
         let name = route.name.as_str();
-        let matcher = Matcher::compile(name, &route.matches)?;
+        let mut matcher = Matcher::compile(name, &route.matches)?;
+        // A preflight names the method it asks about in a header; it must
+        // reach the route that will answer it even when `methods` leaves
+        // OPTIONS out.
+        matcher.preflight_by_requested_method = route.cors.is_some();
         let action = match (&route.upstream, &route.direct_response) {
             (None, None) if route.upstreams.is_some() => {
                 let mut sides = Vec::new();
@@ -207,6 +217,12 @@ impl CompiledRoute {
                 "response_headers",
                 &route.response_headers,
             )?,
+            grpc_web: route.grpc_web,
+            cors: route
+                .cors
+                .as_ref()
+                .map(|c| Cors::compile(name, c, route.grpc_web))
+                .transpose()?,
             matcher,
             rewrite,
         })
@@ -473,8 +489,8 @@ pub enum RouterError {
         /// The configured host.
         host: String,
     },
-    /// More than one of `path`, `path_prefix` and `path_regex`.
-    #[error("route {route:?}: set at most one of match.path, match.path_prefix, match.path_regex")]
+    /// More than one of `path`, `path_prefix`, `path_regex` and `grpc`.
+    #[error("route {route:?}: set at most one of match.path, match.path_prefix, match.path_regex, match.grpc")]
     ConflictingPaths {
         /// The route.
         route: String,
@@ -522,6 +538,14 @@ pub enum RouterError {
         field: &'static str,
         /// The header whose value is invalid.
         name: String,
+    },
+    /// A `cors` value that cannot be sent in a header.
+    #[error("route {route:?}: cors: invalid value {what:?}")]
+    InvalidCors {
+        /// The route.
+        route: String,
+        /// The offending value.
+        what: String,
     },
     /// `rewrite` without `match.path_prefix`: there is no prefix to replace.
     #[error("route {route:?}: rewrite requires match.path_prefix")]

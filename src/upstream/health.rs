@@ -1,5 +1,6 @@
 //! Active health checks: a background task per upstream probes every target
-//! on an interval (an HTTP `GET` or a bare TCP connect) and keeps each
+//! on an interval (an HTTP `GET`, a bare TCP connect, or a gRPC health call
+//! in `health/grpc.rs`) and keeps each
 //! target's [`TargetHealth`], which target selection reads with one atomic
 //! load.
 //!
@@ -20,6 +21,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
+
+mod grpc;
 
 use super::{Target, UpstreamSet};
 use crate::observe::metrics::UpstreamPolicyMetrics;
@@ -50,6 +53,14 @@ pub enum CheckKind {
     },
     /// A TCP connect; success is healthy.
     Tcp,
+    /// A `grpc.health.v1.Health/Check` call over HTTP/2; `SERVING` is
+    /// healthy.
+    Grpc {
+        /// The service asked about (`""`: the whole server).
+        service: String,
+        /// `:authority`; None sends the target's address.
+        host: Option<String>,
+    },
 }
 
 /// Health checking of one upstream.
@@ -123,6 +134,10 @@ impl From<&weir_config::HealthCheck> for CheckSettings {
                 host: cfg.host.clone(),
             },
             weir_config::HealthCheckKind::Tcp => CheckKind::Tcp,
+            weir_config::HealthCheckKind::Grpc => CheckKind::Grpc {
+                service: cfg.service.clone().unwrap_or_default(),
+                host: cfg.host.clone(),
+            },
         };
         CheckSettings {
             kind,
@@ -274,13 +289,21 @@ async fn exchange(
                 .map_err(|e| format!("TLS handshake failed: {e}"))?,
         )),
     };
-    let CheckKind::Http {
-        path,
-        expected,
-        host,
-    } = kind
-    else {
-        return Ok(());
+    let (path, expected, host) = match kind {
+        CheckKind::Http {
+            path,
+            expected,
+            host,
+        } => (path, expected, host),
+        CheckKind::Tcp => return Ok(()),
+        CheckKind::Grpc { service, host } => {
+            let authority = match (host, default_host) {
+                (Some(h), _) => h.clone(),
+                (None, Some(h)) => h.to_owned(),
+                (None, None) => addr.to_string(),
+            };
+            return grpc::check(addr, stream, &authority, service).await;
+        }
     };
     let host = match (host, default_host) {
         (Some(h), _) => h.clone(),

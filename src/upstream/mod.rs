@@ -24,7 +24,7 @@ use crate::policy::circuit_breaker::{self, CircuitBreaker, ConnectionPermit, Ove
 use crate::policy::outlier::{Observation, OutlierDetector, OutlierSettings};
 use crate::tls::ClientTls;
 pub use balancer::{hash_key, Balancer};
-pub use body::OutboundBody;
+pub use body::{decode_chunk as decode_base64_chunk, OutboundBody, OutboundError};
 use pool::{Http1Pool, Http2Pool};
 
 /// How often idle connections are swept and hostnames re-resolved.

@@ -309,6 +309,13 @@ impl Validator<'_> {
                         }
                     }
                 }
+                HealthCheckKind::Grpc => self.grpc_health_check(&base, hc, up),
+            }
+            if hc.service.is_some() && hc.kind != HealthCheckKind::Grpc {
+                self.error(
+                    format!("{base}.service"),
+                    "`service` only applies to `type: grpc` checks",
+                );
             }
         }
         if let Some(od) = &up.outlier_detection {
