@@ -31,21 +31,9 @@ const HTTP: HeaderValue = HeaderValue::from_static("http");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
-/// Bit for each header that describes one hop and never crosses a proxy
-/// (RFC 9110 §7.6.1), plus the two weir handles itself (`te`, `expect`).
-fn hop_by_hop_bit(name: &str) -> u8 {
-    match name {
-        "connection" => 1,
-        "transfer-encoding" => 2,
-        "upgrade" => 4,
-        "te" => 8,
-        "expect" => 16,
-        "keep-alive" => 32,
-        "proxy-connection" => 64,
-        "proxy-authenticate" => 128,
-        _ => 0,
-    }
-}
+/// Bit set by `scan` for `TE`; the hop-by-hop bits (0-7) follow the order
+/// of the names in `strip_present`.
+const TE_PRESENT: u16 = 8;
 
 /// Bit set by `scan` when an `X-Forwarded-For` header is present.
 const XFF_PRESENT: u16 = 1 << 8;
@@ -56,33 +44,50 @@ const CLIENT_CERT_PRESENT: u16 = 1 << 9;
 const CLIENT_CERT_PREFIX: &str = "x-client-cert-";
 static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-san");
 static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
-/// Bit set by `scan` when an `Upgrade` header is present (`hop_by_hop_bit`).
+/// Bit set by `scan` when an `Upgrade` header is present.
 pub(super) const UPGRADE_PRESENT: u16 = 4;
 /// Two bits where `scan` records a gRPC content type (`grpc_kind`).
 const GRPC_SHIFT: u16 = 10;
 const GRPC_MASK: u16 = 3 << GRPC_SHIFT;
 
 /// One pass over the (few) headers: which hop-by-hop headers are present
-/// (`hop_by_hop_bit`), plus `XFF_PRESENT`, and whether the content type is
+/// (bits 0-7, in the order of `strip_present`), plus `XFF_PRESENT`, and whether the content type is
 /// gRPC's. Every later lookup or removal hashes; this lets the common
 /// message skip nearly all of them.
 pub(super) fn scan(headers: &HeaderMap) -> u16 {
     let mut mask = 0u16;
-    for (name, value) in headers {
-        let n = name.as_str();
-        mask |= u16::from(hop_by_hop_bit(n));
-        if n == "x-forwarded-for" {
-            mask |= XFF_PRESENT;
-        } else if n.starts_with(CLIENT_CERT_PREFIX) {
-            mask |= CLIENT_CERT_PRESENT;
-        } else if n == "content-type" {
+    let mut content_type = false;
+    // Names only (values are a second walk), one `match` so the compiler
+    // can branch on the length before comparing bytes.
+    for name in headers.keys() {
+        mask |= match name.as_str() {
+            "connection" => 1,
+            "transfer-encoding" => 2,
+            "upgrade" => 4,
+            "te" => 8,
+            "expect" => 16,
+            "keep-alive" => 32,
+            "proxy-connection" => 64,
+            "proxy-authenticate" => 128,
+            "x-forwarded-for" => XFF_PRESENT,
+            "content-type" => {
+                content_type = true;
+                0
+            }
+            n if n.starts_with(CLIENT_CERT_PREFIX) => CLIENT_CERT_PRESENT,
+            _ => 0,
+        };
+    }
+    // Only requests with a body carry a content type: one lookup for them.
+    if content_type {
+        if let Some(value) = headers.get(header::CONTENT_TYPE) {
             let kind = match GrpcKind::of(value.as_bytes()) {
                 None => 0,
                 Some(GrpcKind::Grpc) => 1,
                 Some(GrpcKind::Web) => 2,
                 Some(GrpcKind::WebText) => 3,
             };
-            mask = (mask & !GRPC_MASK) | (kind << GRPC_SHIFT);
+            mask |= kind << GRPC_SHIFT;
         }
     }
     mask
@@ -176,7 +181,7 @@ pub fn prepare_request(
 ) -> Result<(), ProxyError> {
     let headers = &mut parts.headers;
     // `TE: trailers` is the one TE value that must survive: gRPC needs it.
-    let te_trailers = mask & u16::from(hop_by_hop_bit("te")) != 0
+    let te_trailers = mask & TE_PRESENT != 0
         && headers.get_all(header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
