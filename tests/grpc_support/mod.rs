@@ -114,6 +114,15 @@ impl Drop for GrpcUpstream {
 
 impl GrpcUpstream {
     pub async fn spawn() -> GrpcUpstream {
+        Self::spawn_with(None).await
+    }
+
+    /// The same server over TLS (HTTP/2 by ALPN `h2`).
+    pub async fn spawn_tls(config: Arc<rustls::ServerConfig>) -> GrpcUpstream {
+        Self::spawn_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn spawn_with(tls: Option<tokio_rustls::TlsAcceptor>) -> GrpcUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -127,11 +136,21 @@ impl GrpcUpstream {
             while let Ok((stream, _)) = listener.accept().await {
                 shared.connections.fetch_add(1, Ordering::Relaxed);
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| serve(state.clone(), req));
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         });
@@ -336,6 +355,34 @@ impl EchoClient {
             let _ = conn.await;
         });
         let origin: Uri = format!("http://{addr}").parse().unwrap();
+        let grpc = tonic::client::Grpc::with_origin(H2Channel { sender }, origin)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        EchoClient { grpc }
+    }
+
+    /// A client over TLS to `addr`, verifying the server as `name`; the
+    /// configuration must offer ALPN `h2`.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> EchoClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.to_owned()).expect("server name");
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, stream)
+            .await
+            .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let origin: Uri = format!("https://{name}").parse().unwrap();
         let grpc = tonic::client::Grpc::with_origin(H2Channel { sender }, origin)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);

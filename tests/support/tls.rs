@@ -278,6 +278,18 @@ pub async fn get(
     exchange(addr, name, config, request).await
 }
 
+/// A server configuration for `cert`, offering ALPN `alpn`.
+pub fn server_config(cert: &Issued, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(cert.chain(), cert.key())
+        .expect("server cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// An upstream serving HTTPS (HTTP/1.1 and HTTP/2 by ALPN). It answers
 /// every request with `tls {version} client={CN of the client cert or -}`.
 pub struct TlsUpstream {
