@@ -109,7 +109,9 @@ async fn streams_1gib_upload_without_buffering() {
         .route("/upload", Reply::drain())
         .spawn()
         .await;
-    let gw = TestGateway::with(&config(""), &[("up", &up.addr())]).await;
+    // Over the default body limit (10MiB).
+    let limits = "limits: { max_request_body: 2GiB }\n";
+    let gw = TestGateway::with(&format!("{limits}{}", config("")), &[("up", &up.addr())]).await;
     let mut c = H1Client::connect(gw.addr()).await;
     let t = Instant::now();
     let body = pattern::PatternBody::new(BIG).boxed();
@@ -273,7 +275,9 @@ async fn passes_60kib_header_values_both_ways() {
         .route("/big-resp", Reply::text(200, "ok").header("x-big", &big))
         .spawn()
         .await;
-    let gw = TestGateway::with(&config(""), &[("up", &up.addr())]).await;
+    // Over the default header line limit (16KiB), within the head limit.
+    let limits = "limits: { max_header_field: 64KiB }\n";
+    let gw = TestGateway::with(&format!("{limits}{}", config("")), &[("up", &up.addr())]).await;
 
     let e = send(
         gw.addr(),

@@ -18,6 +18,7 @@
 mod diff;
 mod error;
 mod grpc;
+mod limits;
 mod lines;
 mod listener;
 mod observability;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use diff::ConfigDiff;
 pub use error::{ConfigError, ConfigErrors};
 pub use grpc::{Cors, GrpcMatch};
+pub use limits::Limits;
 pub use listener::{Listener, ListenerProtocol};
 pub use observability::{OtlpEndpoint, Tracing};
 pub use policy::{
@@ -78,6 +80,9 @@ pub struct Config {
     /// Distributed tracing. Absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// Bounds on client requests and connections.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Process-wide settings.

@@ -43,6 +43,9 @@ pub(crate) fn validate(config: &Config, index: &LineIndex) -> Vec<ConfigError> {
             );
         }
     }
+    for (path, message) in crate::limits::validate_limits(&config.limits) {
+        v.error(path, message);
+    }
     v.routes(config);
     v.upstreams(config);
     v.redis(config);

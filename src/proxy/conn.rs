@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
@@ -28,13 +29,16 @@ pub struct ConnCtx {
     pub client_ip: HeaderValue,
     /// What the TLS handshake settled, on a TLS listener.
     pub tls: Option<TlsSession>,
+    /// The limits checked on each request of this connection.
+    pub limits: Arc<RequestLimits>,
+    requests: AtomicU64,
     cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl ConnCtx {
     /// State for a newly accepted client connection.
-    pub fn new(state: Arc<State>, client: SocketAddr) -> Self {
+    pub fn new(state: Arc<State>, client: SocketAddr, limits: Arc<RequestLimits>) -> Self {
         let client_ip = HeaderValue::from_str(&client.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
         ConnCtx {
@@ -42,9 +46,18 @@ impl ConnCtx {
             client,
             client_ip,
             tls: None,
+            limits,
+            requests: AtomicU64::new(0),
             cached: Mutex::new(None),
             timer: Mutex::new(None),
         }
+    }
+
+    /// Counts a request; true when it is the last one this connection may
+    /// carry (`limits.max_requests_per_connection`).
+    pub fn count_request(&self) -> bool {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        n >= self.limits.max_requests_per_connection
     }
 
     /// The same, for a connection that arrived over TLS.
@@ -90,6 +103,34 @@ impl ConnCtx {
         } else {
             drop(slot);
             target.http1.checkin(sender);
+        }
+    }
+}
+
+/// The per-request part of `limits:`, checked by the pipeline (the
+/// connection builders enforce the rest).
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Longest HTTP/1.x request line, in bytes.
+    pub max_request_line: usize,
+    /// Longest single header line (name, `: `, value), in bytes.
+    pub max_header_field: usize,
+    /// Largest request body when the route sets none, in bytes.
+    pub max_request_body: u64,
+    /// Requests per connection.
+    pub max_requests_per_connection: u64,
+}
+
+impl RequestLimits {
+    /// The per-request limits of `limits`.
+    pub fn of(limits: &weir_config::Limits) -> Self {
+        RequestLimits {
+            max_request_line: usize::try_from(limits.max_request_line.bytes())
+                .unwrap_or(usize::MAX),
+            max_header_field: usize::try_from(limits.max_header_field.bytes())
+                .unwrap_or(usize::MAX),
+            max_request_body: limits.max_request_body.bytes(),
+            max_requests_per_connection: limits.max_requests_per_connection,
         }
     }
 }

@@ -56,6 +56,36 @@ impl ProxyError {
         )
     }
 
+    /// 414: the request line is longer than `limits.max_request_line`.
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            "uri_too_long",
+            StatusCode::URI_TOO_LONG,
+            Source::Downstream,
+            format!("the request line is longer than {limit} bytes"),
+        )
+    }
+
+    /// 431: a header line is longer than `limits.max_header_field`.
+    pub fn header_too_large(limit: usize) -> Self {
+        Self::new(
+            "header_too_large",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Source::Downstream,
+            format!("a header line is longer than {limit} bytes"),
+        )
+    }
+
+    /// 413: the request body is larger than the route allows.
+    pub fn body_too_large(limit: u64) -> Self {
+        Self::new(
+            "body_too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Source::Downstream,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
     /// 404: no route matches.
     pub fn route_not_found(method: &str, host: &str, path: &str) -> Self {
         Self::new(
@@ -221,6 +251,9 @@ impl ProxyError {
             WEBSOCKET_NOT_ALLOWED => "WebSocket not allowed on this route",
             "websocket_unsupported" => "The upstream cannot take a WebSocket",
             "cors_origin_not_allowed" => "Origin not allowed",
+            "uri_too_long" => "Request line too long",
+            "header_too_large" => "Request header too large",
+            "body_too_large" => "Request body too large",
             _ => "Gateway error",
         }
     }
@@ -237,7 +270,9 @@ pub fn grpc_status(code: &str, status: StatusCode) -> u16 {
             code::PERMISSION_DENIED
         }
         "upstream_timeout" => code::DEADLINE_EXCEEDED,
-        "rate_limited" => code::RESOURCE_EXHAUSTED,
+        "rate_limited" | "body_too_large" | "header_too_large" | "uri_too_long" => {
+            code::RESOURCE_EXHAUSTED
+        }
         "upstream_connect_failed"
         | "upstream_reset"
         | "upstream_idle_timeout"

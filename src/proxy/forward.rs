@@ -18,7 +18,7 @@ use super::conn::ConnCtx;
 use super::error::ProxyError;
 use super::grpc::GrpcKind;
 use crate::router::CompiledRoute;
-use crate::upstream::{ConnectError, Connection, OutboundBody, Target, UpstreamSet};
+use crate::upstream::{ConnectError, Connection, OutboundBody, OutboundError, Target, UpstreamSet};
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -461,6 +461,15 @@ fn timeout_error() -> ProxyError {
 }
 
 fn send_error(e: &hyper::Error) -> ProxyError {
+    // The client's body crossing its limit fails the upstream request too;
+    // that is the client's doing, not the upstream's.
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(OutboundError::TooLarge(limit)) = cause.downcast_ref::<OutboundError>() {
+            return ProxyError::body_too_large(*limit);
+        }
+        source = cause.source();
+    }
     ProxyError::reset(format!(
         "the upstream closed the connection before a complete response: {e}"
     ))

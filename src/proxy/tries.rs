@@ -47,6 +47,7 @@ pub(super) async fn run(
     policies: &RoutePolicies,
     mut parts: Parts,
     body: Incoming,
+    body_limit: u64,
     host: Option<HeaderValue>,
     request_id: HeaderValue,
     mut done: Completion,
@@ -227,7 +228,7 @@ pub(super) async fn run(
             (None, Some(stream)) if web == Some(GrpcKind::WebText) => {
                 OutboundBody::base64(stream, counter.clone())
             }
-            (None, Some(stream)) => OutboundBody::Stream(stream, counter.clone()),
+            (None, Some(stream)) => OutboundBody::stream(stream, counter.clone(), body_limit),
             (None, None) => OutboundBody::empty(),
         };
         let req = Request::from_parts(req_parts, out_body);
@@ -309,6 +310,10 @@ pub(super) async fn run(
                 }
                 _ => {
                     target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if e.code == "body_too_large" {
+                        tracing::debug!(client = %done.ctx.client, route = %route.name, "streamed request body too large");
+                        done.ctx.state.metrics.rejected("body_too_large");
+                    }
                     return finish_error(result, &target, elapsed, request_id, done);
                 }
             },

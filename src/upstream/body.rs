@@ -19,8 +19,10 @@ use hyper::body::Incoming;
 /// Request body towards a target.
 #[derive(Debug)]
 pub enum OutboundBody {
-    /// The client's body, streamed; the counter (when present) adds up bytes.
-    Stream(Incoming, Option<Arc<AtomicU64>>),
+    /// The client's body, streamed; the counter (when present) adds up
+    /// bytes, and the last field holds how many more bytes it may carry
+    /// and the limit they count down from.
+    Stream(Incoming, Option<Arc<AtomicU64>>, (u64, u64)),
     /// The client's body as base64 text, sent decoded.
     Base64(Box<Base64Body>),
     /// A body held in memory.
@@ -34,6 +36,9 @@ pub enum OutboundError {
     Client(hyper::Error),
     /// The client's base64 text is not base64.
     Base64,
+    /// The client's body went past the route's `max_request_body` (the
+    /// limit, in bytes).
+    TooLarge(u64),
 }
 
 impl fmt::Display for OutboundError {
@@ -41,6 +46,9 @@ impl fmt::Display for OutboundError {
         match self {
             OutboundError::Client(e) => write!(f, "client body error: {e}"),
             OutboundError::Base64 => f.write_str("the request body is not valid base64"),
+            OutboundError::TooLarge(limit) => {
+                write!(f, "the request body is larger than {limit} bytes")
+            }
         }
     }
 }
@@ -51,6 +59,12 @@ impl OutboundBody {
     /// An empty body.
     pub fn empty() -> Self {
         OutboundBody::Full(None)
+    }
+
+    /// The client's body, streamed, refused once it carries more than
+    /// `limit` bytes.
+    pub fn stream(inner: Incoming, counter: Option<Arc<AtomicU64>>, limit: u64) -> Self {
+        OutboundBody::Stream(inner, counter, (limit, limit))
     }
 
     /// The client's base64 body, decoded as it streams.
@@ -72,11 +86,18 @@ impl Body for OutboundBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, OutboundError>>> {
         match self.get_mut() {
-            OutboundBody::Stream(inner, counter) => {
+            OutboundBody::Stream(inner, counter, (left, limit)) => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, counter) {
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
                     if let Some(data) = frame.data_ref() {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let n = data.len() as u64;
+                        if n > *left {
+                            return Poll::Ready(Some(Err(OutboundError::TooLarge(*limit))));
+                        }
+                        *left -= n;
+                        if let Some(counter) = counter {
+                            counter.fetch_add(n, Ordering::Relaxed);
+                        }
                     }
                 }
                 polled.map_err(OutboundError::Client)
@@ -88,7 +109,7 @@ impl Body for OutboundBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            OutboundBody::Stream(inner, _) => inner.is_end_stream(),
+            OutboundBody::Stream(inner, _, _) => inner.is_end_stream(),
             OutboundBody::Base64(b) => b.inner.is_end_stream() && b.carry.is_empty(),
             OutboundBody::Full(data) => data.is_none(),
         }
@@ -96,7 +117,7 @@ impl Body for OutboundBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            OutboundBody::Stream(inner, _) => inner.size_hint(),
+            OutboundBody::Stream(inner, _, _) => inner.size_hint(),
             OutboundBody::Base64(_) => SizeHint::default(),
             OutboundBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))

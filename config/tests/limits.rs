@@ -1,0 +1,99 @@
+//! The `limits:` block: its defaults, overrides, per-route body limits,
+//! validation and that changing it needs a restart.
+
+mod common;
+
+use common::*;
+use weir_config::{ByteSize, ConfigDiff, Duration, Limits};
+
+#[test]
+fn defaults_apply_when_the_block_is_absent() {
+    let config = valid(&with_listener(""));
+    let l = &config.limits;
+    assert_eq!(l, &Limits::default());
+    assert_eq!(l.max_request_line, ByteSize(8 * 1024));
+    assert_eq!(l.max_header_bytes, ByteSize(64 * 1024));
+    assert_eq!(l.max_header_field, ByteSize(16 * 1024));
+    assert_eq!(l.max_headers, 100);
+    assert_eq!(l.max_request_body, ByteSize(10 * 1024 * 1024));
+    assert_eq!(l.header_read_timeout, Duration::from_secs(15));
+    assert_eq!(l.tls_handshake_timeout, Duration::from_secs(10));
+    assert_eq!(l.max_requests_per_connection, 1000);
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.h2_max_concurrent_streams, 100);
+    assert_eq!(l.h2_stream_window, ByteSize(64 * 1024));
+    assert_eq!(l.h2_connection_window, ByteSize(1024 * 1024));
+    assert_eq!(l.h2_max_header_list_size, ByteSize(64 * 1024));
+}
+
+#[test]
+fn keys_override_one_by_one_and_routes_set_their_own_body_limit() {
+    let config = valid(&with_listener(
+        "limits: { max_request_body: 1MiB, header_read_timeout: 5s, max_connections: 50 }
+routes:
+  - name: upload
+    direct_response: { status: 200 }
+    max_request_body: 100MiB
+",
+    ));
+    assert_eq!(config.limits.max_request_body, ByteSize(1 << 20));
+    assert_eq!(config.limits.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(config.limits.max_connections, 50);
+    assert_eq!(config.limits.max_headers, 100);
+    assert_eq!(config.routes[0].max_request_body, Some(ByteSize(100 << 20)));
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let e = errors(&with_listener("limits: { max_body: 1MiB }\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].to_string().contains("max_body"), "{}", e[0]);
+}
+
+#[test]
+fn invalid_values_are_reported_with_their_path() {
+    expect(
+        &with_listener(
+            "limits:
+  max_header_bytes: 4KiB
+  max_request_line: 16KiB
+  max_headers: 0
+  header_read_timeout: 0
+  max_connections: 0
+  h2_stream_window: 3GiB
+  h2_connection_window: 1KiB
+",
+        ),
+        &[
+            ("limits.max_header_bytes", 3, "at least 8KiB"),
+            (
+                "limits.max_request_line",
+                4,
+                "must not exceed max_header_bytes",
+            ),
+            ("limits.max_headers", 5, "greater than zero"),
+            ("limits.header_read_timeout", 6, "greater than zero"),
+            ("limits.max_connections", 7, "greater than zero"),
+            ("limits.h2_stream_window", 8, "between 1 and 2147483647"),
+            ("limits.h2_connection_window", 9, "between 65535"),
+        ],
+    );
+}
+
+#[test]
+fn changing_limits_needs_a_restart_but_a_route_body_limit_is_live() {
+    let old = valid(&with_listener(
+        "routes: [{ name: r, direct_response: { status: 200 } }]\n",
+    ));
+    let new = valid(&with_listener(
+        "limits: { max_connections: 5 }\nroutes: [{ name: r, direct_response: { status: 200 } }]\n",
+    ));
+    let d = ConfigDiff::between(&old, &new);
+    assert_eq!(d.restart, vec!["limits: changed".to_owned()]);
+    let route = valid(&with_listener(
+        "routes: [{ name: r, direct_response: { status: 200 }, max_request_body: 1KiB }]\n",
+    ));
+    let d = ConfigDiff::between(&old, &route);
+    assert!(d.is_live(), "{d:?}");
+    assert!(!d.live.is_empty());
+}
