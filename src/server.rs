@@ -29,7 +29,7 @@ use weir_config::{Config, Limits, ListenerProtocol};
 
 use crate::admin;
 use crate::observe::{AccessLog, Metrics};
-use crate::proxy::{self, ConnCtx, RequestLimits, WEBSOCKET_CLOSE_TIMEOUT};
+use crate::proxy::{self, ConnCtx, RequestLimits, TrustedProxies, WEBSOCKET_CLOSE_TIMEOUT};
 use crate::reload::Reloader;
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
@@ -136,6 +136,7 @@ impl Gateway {
         let listener_cfgs = config.listeners.clone();
         let admin_cfg = config.admin.clone();
         let limits = config.limits.clone();
+        let trusted_proxies = config.trusted_proxies.clone();
         let mut snapshot = Snapshot::build(config, &metrics, None)?;
         if let Some(s) = &source {
             snapshot.hash = Arc::from(s.hash.as_str());
@@ -201,6 +202,7 @@ impl Gateway {
             max: limits.max_connections,
         });
         let request_limits = Arc::new(RequestLimits::of(&limits));
+        let trusted = Arc::new(TrustedProxies::new(&trusted_proxies));
         for ((l, listener, addr), tls) in ready.into_iter().zip(terminators) {
             listeners.push((l.name.clone(), addr));
             let builder = Arc::new(ConnBuilders::new(
@@ -209,6 +211,7 @@ impl Gateway {
                 tls,
                 &limits,
                 request_limits.clone(),
+                trusted.clone(),
                 open.clone(),
             ));
             accept_tasks.push(tokio::spawn(accept_loop(
@@ -425,6 +428,7 @@ struct ConnBuilders {
     /// Also how long a new connection may take to send its first bytes.
     header_read_timeout: Duration,
     limits: Arc<RequestLimits>,
+    trusted: Arc<TrustedProxies>,
     open: Arc<OpenConnections>,
 }
 
@@ -435,6 +439,7 @@ impl ConnBuilders {
         tls: Option<Arc<ServerTls>>,
         limits: &Limits,
         request_limits: Arc<RequestLimits>,
+        trusted: Arc<TrustedProxies>,
         open: Arc<OpenConnections>,
     ) -> Self {
         let head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
@@ -473,6 +478,7 @@ impl ConnBuilders {
             tls_handshake_timeout: limits.tls_handshake_timeout.get(),
             header_read_timeout: limits.header_read_timeout.get(),
             limits: request_limits,
+            trusted,
             open,
         }
     }
@@ -603,7 +609,9 @@ async fn serve_connection(
         return;
     }
     let shared = state.clone();
-    let ctx = Arc::new(ConnCtx::new(state, peer, builders.limits.clone()));
+    let ctx = Arc::new(
+        ConnCtx::new(state, peer, builders.limits.clone()).with_trusted(&builders.trusted),
+    );
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
     let io = TokioIo::new(stream);
     let result = match (protocol, &builders.h1, &builders.h2) {
@@ -672,7 +680,9 @@ async fn serve_tls(
     let h2 = session.alpn_protocol() == Some(b"h2");
     let shared = state.clone();
     let ctx = Arc::new(
-        ConnCtx::new(state, peer, builders.limits.clone()).with_tls(TlsSession::of(session)),
+        ConnCtx::new(state, peer, builders.limits.clone())
+            .with_trusted(&builders.trusted)
+            .with_tls(TlsSession::of(session)),
     );
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
     let io = TokioIo::new(stream);

@@ -51,7 +51,7 @@ pub use tls::{
 };
 pub use units::{ByteSize, Duration, UnitError};
 pub use upstream::{HashOn, Keepalive, LoadBalancing, Target, Upstream, UpstreamProtocol};
-pub use validate::parse_target_address;
+pub use validate::{parse_cidr, parse_target_address};
 
 /// A whole weir configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -83,6 +83,11 @@ pub struct Config {
     /// Bounds on client requests and connections.
     #[serde(default)]
     pub limits: Limits,
+    /// Networks (CIDR, e.g. `10.0.0.0/8`, `fd00::/8`, or single addresses)
+    /// of proxies in front of weir whose `X-Forwarded-For` is believed.
+    /// Empty: every client's `X-Forwarded-For` is replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Process-wide settings.

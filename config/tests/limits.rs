@@ -97,3 +97,33 @@ fn changing_limits_needs_a_restart_but_a_route_body_limit_is_live() {
     assert!(d.is_live(), "{d:?}");
     assert!(!d.live.is_empty());
 }
+
+#[test]
+fn trusted_proxies_take_ipv4_and_ipv6_networks_and_addresses() {
+    let config = valid(&with_listener(
+        "trusted_proxies: [10.0.0.0/8, \"fd00::/8\", 192.0.2.7, \"::1\"]\n",
+    ));
+    assert_eq!(config.trusted_proxies.len(), 4);
+    assert_eq!(
+        weir_config::parse_cidr("fd00::/8"),
+        Ok(("fd00::".parse().unwrap(), 8))
+    );
+    assert_eq!(
+        weir_config::parse_cidr("192.0.2.7"),
+        Ok(("192.0.2.7".parse().unwrap(), 32))
+    );
+    expect(
+        &with_listener("trusted_proxies:\n  - 10.0.0.0/33\n  - example.com\n  - \"::/129\"\n"),
+        &[
+            ("trusted_proxies[0]", 3, "at most /32"),
+            ("trusted_proxies[1]", 4, "invalid network"),
+            ("trusted_proxies[2]", 5, "at most /128"),
+        ],
+    );
+    let old = valid(&with_listener(""));
+    let new = valid(&with_listener("trusted_proxies: [10.0.0.0/8]\n"));
+    assert_eq!(
+        ConfigDiff::between(&old, &new).restart,
+        vec!["trusted_proxies: changed".to_owned()]
+    );
+}

@@ -22,7 +22,7 @@ use crate::upstream::{ConnectError, Connection, OutboundBody, OutboundError, Tar
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -203,7 +203,9 @@ pub fn prepare_request(
         strip_client_cert_headers(headers);
     }
     let client_ip = &client.client_ip;
-    if mask & XFF_PRESENT != 0 {
+    // Only a trusted proxy's list is kept; anyone else's is replaced, so a
+    // client cannot pass off a made-up address as its own.
+    if mask & XFF_PRESENT != 0 && client.trusted.is_some() {
         append_forwarded_for(headers, client_ip);
     } else {
         headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());

@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use weir_config::HashOn;
 
 pub use body::{BodyError, ResponseBody};
-pub use conn::{ConnCtx, RequestLimits};
+pub use conn::{ConnCtx, RequestLimits, TrustedProxies};
 pub use error::{ProxyError, Source};
 pub use policies::{
     maintain_policies, Backend, MirrorPolicy, PolicyBuildError, RateLimiter, RoutePolicies,
@@ -86,6 +86,7 @@ async fn handle_request(
         websocket: WebSocketStage::None,
         grpc: None,
         grpc_status: None,
+        forwarded_client: None,
     };
     let host = request_host(&parts);
     if let Some(tracer) = &ctx.state.tracer {
@@ -123,6 +124,19 @@ async fn handle_request(
             bytes_in: None,
             upstream: None,
         }));
+    }
+    if let Some(trusted) = &ctx.trusted {
+        // Only a trusted peer's X-Forwarded-For names the client.
+        let chain = parts
+            .headers
+            .get_all(&forward::X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        done.forwarded_client = trusted.client(chain).map(|ip| {
+            let text = HeaderValue::from_str(&ip.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown"));
+            (ip, text)
+        });
     }
     if let Some((reason, e)) = head_too_large(&ctx.limits, &parts) {
         tracing::debug!(client = %ctx.client, reason, detail = %e.detail, "request refused");
@@ -395,7 +409,10 @@ pub(crate) fn hash_of(on: &HashOn, parts: &Parts, done: &Completion) -> Option<u
         HashOn::Cookie(name) => {
             crate::router::cookie(&parts.headers, name).map(|v| hash_key(v.as_bytes()))
         }
-        HashOn::ClientIp => Some(hash_key(done.ctx.client.ip().to_string().as_bytes())),
+        HashOn::ClientIp => Some(match &done.forwarded_client {
+            Some((_, text)) => hash_key(text.as_bytes()),
+            None => hash_key(done.ctx.client.ip().to_string().as_bytes()),
+        }),
         HashOn::Path => Some(hash_key(parts.uri.path().as_bytes())),
     }
 }

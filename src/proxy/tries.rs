@@ -86,7 +86,11 @@ pub(super) async fn run(
     });
 
     // Admit.
-    let rate = match admit(policies, &parts, &done.ctx, &mut total, done.start).await {
+    let client_ip = match &done.forwarded_client {
+        Some((_, text)) => text,
+        None => &done.ctx.client_ip,
+    };
+    let rate = match admit(policies, &parts, client_ip, &mut total, done.start).await {
         Ok(rate) => rate,
         Err(refusal) => {
             let mut resp = local_error(refusal.error, &request_id, done);
