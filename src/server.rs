@@ -68,6 +68,14 @@ pub enum ServerError {
     /// A listener's TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The admin API's token file could not be read, or holds no token.
+    #[error("admin.auth_token_file {path}: {reason}")]
+    AdminToken {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Where a configuration came from, for reloads.
@@ -166,6 +174,17 @@ impl Gateway {
             tracing::info!(listener = %l.name, address = %addr, socket = %how, "listening");
             ready.push((l, listener, addr));
         }
+        let admin_token = match admin_cfg.as_ref().and_then(|a| a.auth_token_file.as_ref()) {
+            Some(path) => {
+                Some(
+                    admin::read_token(path).map_err(|reason| ServerError::AdminToken {
+                        path: path.clone(),
+                        reason,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let admin_socket = match &admin_cfg {
             Some(a) => {
                 let (listener, addr, how) =
@@ -228,7 +247,12 @@ impl Gateway {
                 // turn 503, not a refused connection) and stops after it;
                 // after a handoff it stops accepting at once
                 // (`Gateway::hand_over`).
-                let task = tokio::spawn(admin::serve(listener, state.clone(), admin_stop_rx));
+                let task = tokio::spawn(admin::serve(
+                    listener,
+                    state.clone(),
+                    admin_token,
+                    admin_stop_rx,
+                ));
                 (Some(addr), Some(task))
             }
             None => (None, None),

@@ -123,6 +123,11 @@ fn default_shutdown_grace() -> Duration {
 pub struct Admin {
     /// `ip:port` to bind; keep it on loopback or a private network.
     pub address: String,
+    /// A file holding a bearer token: when set, every admin request but
+    /// `/healthz` and `/ready` needs `Authorization: Bearer <token>`.
+    /// Read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<String>,
 }
 
 /// Access log settings.

@@ -163,6 +163,16 @@ impl Validator<'_> {
             }
             Err(msg) => self.error("admin.address", msg),
         }
+        if admin
+            .auth_token_file
+            .as_ref()
+            .is_some_and(|f| f.trim().is_empty())
+        {
+            self.error(
+                "admin.auth_token_file",
+                "must not be empty (omit it for no authentication)",
+            );
+        }
     }
 
     /// Reports an empty or repeated name; `seen` maps names to their first index.

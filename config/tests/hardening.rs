@@ -1,5 +1,6 @@
-//! The `limits:` block: its defaults, overrides, per-route body limits,
-//! validation and that changing it needs a restart.
+//! The hardening settings: the `limits:` block (defaults, overrides,
+//! per-route body limits, validation, restart), `trusted_proxies` and
+//! `admin.auth_token_file`.
 
 mod common;
 
@@ -125,5 +126,20 @@ fn trusted_proxies_take_ipv4_and_ipv6_networks_and_addresses() {
     assert_eq!(
         ConfigDiff::between(&old, &new).restart,
         vec!["trusted_proxies: changed".to_owned()]
+    );
+}
+
+#[test]
+fn an_empty_admin_token_file_is_refused() {
+    expect(
+        &with_listener("admin:\n  address: 127.0.0.1:9901\n  auth_token_file: \"\"\n"),
+        &[("admin.auth_token_file", 4, "must not be empty")],
+    );
+    let config = valid(&with_listener(
+        "admin: { address: 127.0.0.1:9901, auth_token_file: /etc/weir/admin.token }\n",
+    ));
+    assert_eq!(
+        config.admin.and_then(|a| a.auth_token_file).as_deref(),
+        Some("/etc/weir/admin.token")
     );
 }
