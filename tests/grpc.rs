@@ -417,6 +417,7 @@ fn every_error_code_maps_to_the_documented_grpc_status() {
         ProxyError::body_too_large(1),
         ProxyError::header_too_large(1),
         ProxyError::uri_too_long(1),
+        ProxyError::body_idle_timeout(std::time::Duration::from_secs(1)),
     ];
     for e in errors {
         let row = format!("| `{}` |", e.code);

@@ -251,6 +251,37 @@ async fn a_slow_head_is_cut_at_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_stalled_body_gets_408_and_the_connection_closes() {
+    let (gw, _up) = gateway("body_idle_timeout: 1s").await;
+    let mut conn = RawConn::connect(gw.addr()).await;
+    let start = Instant::now();
+    conn.write(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await;
+    let resp = conn.read_response(false).await;
+    let took = start.elapsed();
+    assert_eq!(resp.status, 408, "{}", resp.text());
+    assert_eq!(resp.json()["code"], "body_idle_timeout");
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    assert!(conn.is_closed_by_peer().await);
+    gw.metric_reaches(REJECTED, &[("reason", "body_idle_timeout")], 1.0)
+        .await;
+    // A body that keeps coming, slower than the timeout overall, is fine.
+    let mut conn = RawConn::connect(gw.addr()).await;
+    conn.write(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        .await;
+    for b in b"abcd" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        conn.write(&[*b]).await;
+    }
+    let resp = conn.read_response(false).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[tokio::test]
 async fn the_last_allowed_request_closes_the_connection() {
     let (gw, up) = gateway("max_requests_per_connection: 3").await;
     let mut conn = RawConn::connect(gw.addr()).await;

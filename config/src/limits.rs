@@ -29,6 +29,10 @@ pub struct Limits {
     /// How long a client may take to send a whole request head (HTTP/1.x);
     /// the connection is then closed. Default `15s`.
     pub header_read_timeout: Duration,
+    /// How long a request body may go without a byte while weir waits for
+    /// it; the request then gets 408 and the connection is closed. Default
+    /// `30s`.
+    pub body_idle_timeout: Duration,
     /// How long a TLS client may take to complete the handshake. Default
     /// `10s`.
     pub tls_handshake_timeout: Duration,
@@ -59,6 +63,7 @@ impl Default for Limits {
             max_headers: 100,
             max_request_body: ByteSize(10 << 20),
             header_read_timeout: Duration::from_secs(15),
+            body_idle_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             max_requests_per_connection: 1000,
             max_connections: 10_000,
@@ -97,6 +102,7 @@ pub(crate) fn validate_limits(l: &Limits) -> Vec<(String, String)> {
     }
     for (key, d) in [
         ("header_read_timeout", l.header_read_timeout),
+        ("body_idle_timeout", l.body_idle_timeout),
         ("tls_handshake_timeout", l.tls_handshake_timeout),
     ] {
         if d.is_zero() {

@@ -18,6 +18,7 @@ fn defaults_apply_when_the_block_is_absent() {
     assert_eq!(l.max_headers, 100);
     assert_eq!(l.max_request_body, ByteSize(10 * 1024 * 1024));
     assert_eq!(l.header_read_timeout, Duration::from_secs(15));
+    assert_eq!(l.body_idle_timeout, Duration::from_secs(30));
     assert_eq!(l.tls_handshake_timeout, Duration::from_secs(10));
     assert_eq!(l.max_requests_per_connection, 1000);
     assert_eq!(l.max_connections, 10_000);

@@ -131,6 +131,8 @@ pub struct RequestLimits {
     pub max_request_body: u64,
     /// Requests per connection.
     pub max_requests_per_connection: u64,
+    /// How long a request body may go without a byte.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 impl RequestLimits {
@@ -143,6 +145,7 @@ impl RequestLimits {
                 .unwrap_or(usize::MAX),
             max_request_body: limits.max_request_body.bytes(),
             max_requests_per_connection: limits.max_requests_per_connection,
+            body_idle_timeout: limits.body_idle_timeout.get(),
         }
     }
 }

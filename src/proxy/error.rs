@@ -86,6 +86,16 @@ impl ProxyError {
         )
     }
 
+    /// 408: the client stopped sending its body for `limits.body_idle_timeout`.
+    pub fn body_idle_timeout(idle: std::time::Duration) -> Self {
+        Self::new(
+            "body_idle_timeout",
+            StatusCode::REQUEST_TIMEOUT,
+            Source::Downstream,
+            format!("no request body byte arrived for {idle:?}"),
+        )
+    }
+
     /// 404: no route matches.
     pub fn route_not_found(method: &str, host: &str, path: &str) -> Self {
         Self::new(
@@ -254,6 +264,7 @@ impl ProxyError {
             "uri_too_long" => "Request line too long",
             "header_too_large" => "Request header too large",
             "body_too_large" => "Request body too large",
+            "body_idle_timeout" => "Request body too slow",
             _ => "Gateway error",
         }
     }
@@ -269,7 +280,7 @@ pub fn grpc_status(code: &str, status: StatusCode) -> u16 {
         "client_cert_forbidden" | "cors_origin_not_allowed" | WEBSOCKET_NOT_ALLOWED => {
             code::PERMISSION_DENIED
         }
-        "upstream_timeout" => code::DEADLINE_EXCEEDED,
+        "upstream_timeout" | "body_idle_timeout" => code::DEADLINE_EXCEEDED,
         "rate_limited" | "body_too_large" | "header_too_large" | "uri_too_long" => {
             code::RESOURCE_EXHAUSTED
         }

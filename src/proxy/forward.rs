@@ -467,8 +467,10 @@ fn send_error(e: &hyper::Error) -> ProxyError {
     // that is the client's doing, not the upstream's.
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        if let Some(OutboundError::TooLarge(limit)) = cause.downcast_ref::<OutboundError>() {
-            return ProxyError::body_too_large(*limit);
+        match cause.downcast_ref::<OutboundError>() {
+            Some(OutboundError::TooLarge(limit)) => return ProxyError::body_too_large(*limit),
+            Some(OutboundError::Idle(idle)) => return ProxyError::body_idle_timeout(*idle),
+            _ => {}
         }
         source = cause.source();
     }

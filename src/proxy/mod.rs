@@ -54,7 +54,10 @@ pub async fn handle(
     let version = req.version();
     let mut resp = handle_request(ctx, req).await?;
     // hyper closes an HTTP/1.x connection after a response that says so.
-    if last && version <= Version::HTTP_11 {
+    // After a body timeout the rest of the body may still come: the
+    // connection cannot carry another request.
+    let timed_out = resp.status() == http::StatusCode::REQUEST_TIMEOUT;
+    if (last || timed_out) && version <= Version::HTTP_11 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -243,8 +246,9 @@ async fn handle_request(
             done,
         ));
     }
+    let body_idle = ctx.limits.body_idle_timeout;
     let mut resp = tries::run(
-        set, route, policies, parts, body, body_limit, host, request_id, done,
+        set, route, policies, parts, body, body_limit, body_idle, host, request_id, done,
     )
     .await;
     if let Some((cors, origin)) = cors {

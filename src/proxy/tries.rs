@@ -48,6 +48,7 @@ pub(super) async fn run(
     mut parts: Parts,
     body: Incoming,
     body_limit: u64,
+    body_idle: std::time::Duration,
     host: Option<HeaderValue>,
     request_id: HeaderValue,
     mut done: Completion,
@@ -232,7 +233,9 @@ pub(super) async fn run(
             (None, Some(stream)) if web == Some(GrpcKind::WebText) => {
                 OutboundBody::base64(stream, counter.clone())
             }
-            (None, Some(stream)) => OutboundBody::stream(stream, counter.clone(), body_limit),
+            (None, Some(stream)) => {
+                OutboundBody::stream(stream, counter.clone(), body_limit, body_idle)
+            }
             (None, None) => OutboundBody::empty(),
         };
         let req = Request::from_parts(req_parts, out_body);
@@ -314,9 +317,9 @@ pub(super) async fn run(
                 }
                 _ => {
                     target.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    if e.code == "body_too_large" {
-                        tracing::debug!(client = %done.ctx.client, route = %route.name, "streamed request body too large");
-                        done.ctx.state.metrics.rejected("body_too_large");
+                    if e.code == "body_too_large" || e.code == "body_idle_timeout" {
+                        tracing::debug!(client = %done.ctx.client, route = %route.name, reason = e.code, "request body refused");
+                        done.ctx.state.metrics.rejected(e.code);
                     }
                     return finish_error(result, &target, elapsed, request_id, done);
                 }
