@@ -422,3 +422,52 @@ async fn slowloris_clients_are_cut_and_do_not_delay_others() {
         "a normal request took {worst:?}"
     );
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_finishes_is_cut_at_its_timeout() {
+    use support::tls::{Ca, CertDir};
+    let dir = CertDir::new("handshake-timeout");
+    let ca = Ca::new("weir test CA");
+    let (cert, key) = ca.server("edge", &["127.0.0.1"]).write(&dir, "edge");
+    let up = Upstream::echo().await;
+    let gw = TestGateway::start(&format!(
+        "limits: {{ tls_handshake_timeout: 1s }}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tls: {{ certificates: [{{ cert: {cert}, key: {key} }}] }}
+admin:
+  address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: up
+upstreams:
+  - name: up
+    targets: [{{ address: \"{}\" }}]
+",
+        up.addr()
+    ))
+    .await;
+    // Connects and says nothing: no ClientHello ever comes.
+    let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = within(
+        Duration::from_secs(5),
+        "the handshake timeout",
+        stream.read(&mut buf),
+    )
+    .await;
+    let took = start.elapsed();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    gw.metric_reaches(
+        "weir_tls_handshake_errors_total",
+        &[("listener", "main")],
+        1.0,
+    )
+    .await;
+}

@@ -102,3 +102,45 @@ async fn a_trusted_peer_extends_the_list_and_names_the_client() {
     assert_eq!(clients[4], "198.51.100.9:0", "{clients:?}");
     assert!(clients[5].starts_with("127.0.0.1:"), "{clients:?}");
 }
+
+#[tokio::test]
+async fn consistent_hashing_on_client_ip_uses_the_forwarded_client() {
+    let a = Upstream::echo().await;
+    let b = Upstream::echo().await;
+    let gw = TestGateway::with(
+        "trusted_proxies: [127.0.0.1]
+routes:
+  - name: all
+    upstream: pool
+upstreams:
+  - name: pool
+    load_balancing: consistent_hash
+    hash_on: client_ip
+    targets:
+      - address: \"{up}\"
+      - address: \"{up2}\"
+",
+        &[("up", &a.addr()), ("up2", &b.addr())],
+    )
+    .await;
+    // Every request comes from 127.0.0.1; only the forwarded clients differ.
+    for i in 0..20 {
+        let client = format!("198.51.100.{i}");
+        for _ in 0..3 {
+            assert_eq!(get_as(&gw, "/", &[&client]).await.status, 200);
+        }
+        // The same client always lands on the same target.
+        let (na, nb) = (a.requests().len(), b.requests().len());
+        assert!(
+            na % 3 == 0 && nb % 3 == 0,
+            "client {i} was split: {na} / {nb}"
+        );
+    }
+    // Twenty clients on one target would mean the peer was hashed.
+    assert!(
+        !a.requests().is_empty() && !b.requests().is_empty(),
+        "{} / {}",
+        a.requests().len(),
+        b.requests().len()
+    );
+}
