@@ -471,3 +471,45 @@ upstreams:
     )
     .await;
 }
+
+#[tokio::test]
+async fn http2_header_lists_over_the_limit_are_not_served() {
+    let up = Upstream::echo().await;
+    let gw = TestGateway::start(&format!(
+        "limits: {{ h2_max_header_list_size: 16KiB, max_header_field: 64KiB }}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    protocols: [http1, h2c]
+admin:
+  address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: up
+upstreams:
+  - name: up
+    targets: [{{ address: \"{}\" }}]
+",
+        up.addr()
+    ))
+    .await;
+    let mut c = H2Client::connect(gw.addr()).await.expect("h2 handshake");
+    let small = req(http::Method::GET, "/ok")
+        .header("x-big", "v".repeat(8 * 1024))
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.request(small).await.status, 200);
+    // Over the advertised limit: h2 answers 431 and resets the stream.
+    let big = req(http::Method::GET, "/big")
+        .header("x-big", "v".repeat(20 * 1024))
+        .body(empty())
+        .unwrap();
+    let mut c = H2Client::connect(gw.addr()).await.expect("h2 handshake");
+    let resp = c.try_request(big).await.expect("a 431 answer");
+    assert_eq!(resp.status, 431);
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "the large request reached the upstream"
+    );
+}
