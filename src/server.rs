@@ -14,6 +14,7 @@ mod drain;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +25,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use weir_config::{Config, ListenerProtocol};
+use weir_config::{Config, Limits, ListenerProtocol};
 
 use crate::admin;
 use crate::observe::{AccessLog, Metrics};
-use crate::proxy::{self, ConnCtx, WEBSOCKET_CLOSE_TIMEOUT};
+use crate::proxy::{self, ConnCtx, RequestLimits, TrustedProxies, WEBSOCKET_CLOSE_TIMEOUT};
 use crate::reload::Reloader;
 use crate::snapshot::{BuildError, Snapshot};
 use crate::state::State;
@@ -67,6 +68,14 @@ pub enum ServerError {
     /// A listener's TLS files could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The admin API's token file could not be read, or holds no token.
+    #[error("admin.auth_token_file {path}: {reason}")]
+    AdminToken {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Where a configuration came from, for reloads.
@@ -134,6 +143,8 @@ impl Gateway {
         let grace = config.runtime.shutdown_grace.get();
         let listener_cfgs = config.listeners.clone();
         let admin_cfg = config.admin.clone();
+        let limits = config.limits.clone();
+        let trusted_proxies = config.trusted_proxies.clone();
         let mut snapshot = Snapshot::build(config, &metrics, None)?;
         if let Some(s) = &source {
             snapshot.hash = Arc::from(s.hash.as_str());
@@ -163,6 +174,17 @@ impl Gateway {
             tracing::info!(listener = %l.name, address = %addr, socket = %how, "listening");
             ready.push((l, listener, addr));
         }
+        let admin_token = match admin_cfg.as_ref().and_then(|a| a.auth_token_file.as_ref()) {
+            Some(path) => {
+                Some(
+                    admin::read_token(path).map_err(|reason| ServerError::AdminToken {
+                        path: path.clone(),
+                        reason,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let admin_socket = match &admin_cfg {
             Some(a) => {
                 let (listener, addr, how) =
@@ -193,9 +215,24 @@ impl Gateway {
         for tls in terminators.iter().flatten() {
             tokio::spawn(tls.clone().watch());
         }
+        // One cap over every listener: it bounds the process's sockets.
+        let open = Arc::new(OpenConnections {
+            count: AtomicUsize::new(0),
+            max: limits.max_connections,
+        });
+        let request_limits = Arc::new(RequestLimits::of(&limits));
+        let trusted = Arc::new(TrustedProxies::new(&trusted_proxies));
         for ((l, listener, addr), tls) in ready.into_iter().zip(terminators) {
             listeners.push((l.name.clone(), addr));
-            let builder = Arc::new(ConnBuilders::new(&l.name, &l.protocols, tls));
+            let builder = Arc::new(ConnBuilders::new(
+                &l.name,
+                &l.protocols,
+                tls,
+                &limits,
+                request_limits.clone(),
+                trusted.clone(),
+                open.clone(),
+            ));
             accept_tasks.push(tokio::spawn(accept_loop(
                 listener,
                 builder,
@@ -210,7 +247,12 @@ impl Gateway {
                 // turn 503, not a refused connection) and stops after it;
                 // after a handoff it stops accepting at once
                 // (`Gateway::hand_over`).
-                let task = tokio::spawn(admin::serve(listener, state.clone(), admin_stop_rx));
+                let task = tokio::spawn(admin::serve(
+                    listener,
+                    state.clone(),
+                    admin_token,
+                    admin_stop_rx,
+                ));
                 (Some(addr), Some(task))
             }
             None => (None, None),
@@ -393,38 +435,63 @@ fn bind(name: &str, address: &str) -> Result<std::net::TcpListener, ServerError>
     Ok(socket.into())
 }
 
-/// How long a new connection may take to show which HTTP version it speaks.
-const SNIFF_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a connection accepted just before a drain may take to send its
 /// first bytes; clients send their request right after connecting.
 const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
-/// How long a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The connection builders of one listener: one per protocol it speaks,
-/// and its TLS when it terminates TLS.
+/// and its TLS when it terminates TLS, set up with `limits:`.
 struct ConnBuilders {
     name: String,
     h1: Option<http1::Builder>,
     h2: Option<http2::Builder<TokioExecutor>>,
     tls: Option<Arc<ServerTls>>,
+    tls_handshake_timeout: Duration,
+    /// Also how long a new connection may take to send its first bytes.
+    header_read_timeout: Duration,
+    limits: Arc<RequestLimits>,
+    trusted: Arc<TrustedProxies>,
+    open: Arc<OpenConnections>,
 }
 
 impl ConnBuilders {
-    fn new(name: &str, protocols: &[ListenerProtocol], tls: Option<Arc<ServerTls>>) -> Self {
+    fn new(
+        name: &str,
+        protocols: &[ListenerProtocol],
+        tls: Option<Arc<ServerTls>>,
+        limits: &Limits,
+        request_limits: Arc<RequestLimits>,
+        trusted: Arc<TrustedProxies>,
+        open: Arc<OpenConnections>,
+    ) -> Self {
+        let head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
         // With TLS, ALPN decides; both builders are ready for what it picks.
         let h1 = (tls.is_some() || protocols.contains(&ListenerProtocol::Http1)).then(|| {
             let mut b = http1::Builder::new();
             b.writev(false);
+            // A head that does not fit the buffer, or parses longer than
+            // the limit, or has too many fields, is answered 431 by hyper.
+            // The buffer bound also stops a head from being buffered past
+            // the limit while it is still incomplete.
+            b.max_buf_size(head.max(8192))
+                .max_header_size(head)
+                .max_headers(limits.max_headers);
             b.timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(15));
+                .header_read_timeout(limits.header_read_timeout.get());
             b
         });
         let h2 = (tls.is_some() || protocols.contains(&ListenerProtocol::H2c)).then(|| {
             let mut b = http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new());
+            // Validation keeps these within u32 (RFC 9113 windows are
+            // 31-bit).
+            let window = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            b.max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .initial_stream_window_size(window(limits.h2_stream_window.bytes()))
+                .initial_connection_window_size(window(limits.h2_connection_window.bytes()))
+                .max_header_list_size(window(limits.h2_max_header_list_size.bytes()));
             b
         });
         ConnBuilders {
@@ -432,7 +499,40 @@ impl ConnBuilders {
             h1,
             h2,
             tls,
+            tls_handshake_timeout: limits.tls_handshake_timeout.get(),
+            header_read_timeout: limits.header_read_timeout.get(),
+            limits: request_limits,
+            trusted,
+            open,
         }
+    }
+}
+
+/// Client connections open over every listener, against
+/// `limits.max_connections`.
+struct OpenConnections {
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl OpenConnections {
+    /// Takes a slot for a new connection; None when all are taken.
+    fn try_open(self: &Arc<Self>) -> Option<OpenSlot> {
+        let taken = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        taken.ok().map(|_| OpenSlot(self.clone()))
+    }
+}
+
+/// One open connection's slot, given back when the connection ends.
+struct OpenSlot(Arc<OpenConnections>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -480,8 +580,17 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = builders.open.try_open() else {
+                    // Closed at once rather than left in the backlog: the
+                    // client learns now, and the socket costs nothing.
+                    state.metrics.rejected("max_connections");
+                    tracing::debug!(client = %peer, "connection refused: limits.max_connections reached");
+                    drop(stream);
+                    continue;
+                };
                 let task = serve_connection(
                     stream,
+                    slot,
                     peer,
                     builders.clone(),
                     state.clone(),
@@ -501,6 +610,7 @@ async fn accept_loop(
 
 async fn serve_connection(
     stream: TcpStream,
+    _slot: OpenSlot,
     peer: SocketAddr,
     builders: Arc<ConnBuilders>,
     state: Arc<State>,
@@ -515,14 +625,17 @@ async fn serve_connection(
     let protocol = match (&builders.h1, &builders.h2) {
         (Some(_), None) => Sniffed::Http1,
         (None, Some(_)) => Sniffed::Http2,
-        _ => tokio::time::timeout(SNIFF_TIMEOUT, sniff(&stream))
+        _ => tokio::time::timeout(builders.header_read_timeout, sniff(&stream))
             .await
             .unwrap_or(Sniffed::Gone),
     };
-    if !first_bytes(&stream, stop).await {
+    if !first_bytes(&stream, stop, builders.header_read_timeout).await {
         return;
     }
-    let ctx = Arc::new(ConnCtx::new(state, peer));
+    let shared = state.clone();
+    let ctx = Arc::new(
+        ConnCtx::new(state, peer, builders.limits.clone()).with_trusted(&builders.trusted),
+    );
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
     let io = TokioIo::new(stream);
     let result = match (protocol, &builders.h1, &builders.h2) {
@@ -537,11 +650,31 @@ async fn serve_connection(
         _ => Ok(()),
     };
     if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        connection_error(&shared, peer, &e);
     }
 }
 
-/// Runs the TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then
+/// Counts and logs how a client connection failed: the limits hyper
+/// enforces itself show up here.
+fn connection_error(state: &State, peer: SocketAddr, e: &hyper::Error) {
+    // hyper answers 431 for a head over the limits, and closes without an
+    // answer when the head does not arrive within the header timeout.
+    let reason = if e.is_parse_too_large() {
+        Some("header_too_large")
+    } else if e.is_timeout() {
+        Some("header_read_timeout")
+    } else if e.is_parse() {
+        Some("bad_request")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        state.metrics.rejected(reason);
+    }
+    tracing::debug!(client = %peer, reason = reason.unwrap_or("io"), error = %e, "client connection ended with an error");
+}
+
+/// Runs the TLS handshake (bounded by `limits.tls_handshake_timeout`), then
 /// serves the protocol ALPN settled on: HTTP/2 for `h2`, HTTP/1.1 otherwise
 /// (a client that offers no ALPN speaks HTTP/1.1).
 async fn serve_tls(
@@ -553,7 +686,8 @@ async fn serve_tls(
     watcher: DrainWatch,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake = acceptor.accept(stream);
+    let stream = match tokio::time::timeout(builders.tls_handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             state.metrics.tls_handshake_failed(&builders.name);
@@ -568,7 +702,12 @@ async fn serve_tls(
     };
     let (_, session) = stream.get_ref();
     let h2 = session.alpn_protocol() == Some(b"h2");
-    let ctx = Arc::new(ConnCtx::new(state, peer).with_tls(TlsSession::of(session)));
+    let shared = state.clone();
+    let ctx = Arc::new(
+        ConnCtx::new(state, peer, builders.limits.clone())
+            .with_trusted(&builders.trusted)
+            .with_tls(TlsSession::of(session)),
+    );
     let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
     let io = TokioIo::new(stream);
     let result = match (h2, &builders.h1, &builders.h2) {
@@ -581,7 +720,7 @@ async fn serve_tls(
         _ => Ok(()),
     };
     if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        connection_error(&shared, peer, &e);
     }
 }
 
@@ -589,9 +728,9 @@ async fn serve_tls(
 /// connection it has read nothing from when a graceful shutdown reaches it;
 /// a client that connected just before a drain or a handoff (to a socket
 /// that never stopped listening) would see its request fail. False when the
-/// client went away or sent nothing within `SNIFF_TIMEOUT`, or within
-/// `FIRST_BYTES_GRACE` of the drain.
-async fn first_bytes(stream: &TcpStream, mut stop: watch::Receiver<bool>) -> bool {
+/// client went away or sent nothing within `wait` (the header read
+/// timeout), or within `FIRST_BYTES_GRACE` of the drain.
+async fn first_bytes(stream: &TcpStream, mut stop: watch::Receiver<bool>, wait: Duration) -> bool {
     let data = async {
         let mut byte = [0u8; 1];
         matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
@@ -603,7 +742,7 @@ async fn first_bytes(stream: &TcpStream, mut stop: watch::Receiver<bool>) -> boo
     tokio::select! {
         got = data => got,
         () = drain => false,
-        () = tokio::time::sleep(SNIFF_TIMEOUT) => false,
+        () = tokio::time::sleep(wait) => false,
     }
 }
 

@@ -414,6 +414,10 @@ fn every_error_code_maps_to_the_documented_grpc_status() {
         ProxyError::circuit_open("u", "max_requests"),
         ProxyError::timeout("x"),
         ProxyError::rate_limited("x"),
+        ProxyError::body_too_large(1),
+        ProxyError::header_too_large(1),
+        ProxyError::uri_too_long(1),
+        ProxyError::body_idle_timeout(std::time::Duration::from_secs(1)),
     ];
     for e in errors {
         let row = format!("| `{}` |", e.code);

@@ -1,7 +1,7 @@
 //! `ConfigDiff`: what changed between two configurations, and whether a
 //! running gateway can apply the change live (routes, upstreams, policies,
 //! Redis) or needs a restart (listeners, the admin listener, the runtime,
-//! the access log).
+//! the access log, the limits, the trusted proxies).
 
 use std::collections::BTreeSet;
 
@@ -32,6 +32,13 @@ impl ConfigDiff {
         }
         if old.access_log != new.access_log {
             d.restart.push("access_log: changed".into());
+        }
+        // Read when the connection builders are made, at start.
+        if old.limits != new.limits {
+            d.restart.push("limits: changed".into());
+        }
+        if old.trusted_proxies != new.trusted_proxies {
+            d.restart.push("trusted_proxies: changed".into());
         }
         if old.tracing != new.tracing {
             d.restart.push("tracing: changed".into());

@@ -18,6 +18,7 @@
 mod diff;
 mod error;
 mod grpc;
+mod limits;
 mod lines;
 mod listener;
 mod observability;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use diff::ConfigDiff;
 pub use error::{ConfigError, ConfigErrors};
 pub use grpc::{Cors, GrpcMatch};
+pub use limits::Limits;
 pub use listener::{Listener, ListenerProtocol};
 pub use observability::{OtlpEndpoint, Tracing};
 pub use policy::{
@@ -49,7 +51,7 @@ pub use tls::{
 };
 pub use units::{ByteSize, Duration, UnitError};
 pub use upstream::{HashOn, Keepalive, LoadBalancing, Target, Upstream, UpstreamProtocol};
-pub use validate::parse_target_address;
+pub use validate::{parse_cidr, parse_target_address};
 
 /// A whole weir configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -78,6 +80,14 @@ pub struct Config {
     /// Distributed tracing. Absent = off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// Bounds on client requests and connections.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Networks (CIDR, e.g. `10.0.0.0/8`, `fd00::/8`, or single addresses)
+    /// of proxies in front of weir whose `X-Forwarded-For` is believed.
+    /// Empty: every client's `X-Forwarded-For` is replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Process-wide settings.
@@ -113,6 +123,11 @@ fn default_shutdown_grace() -> Duration {
 pub struct Admin {
     /// `ip:port` to bind; keep it on loopback or a private network.
     pub address: String,
+    /// A file holding a bearer token: when set, every admin request but
+    /// `/healthz` and `/ready` needs `Authorization: Bearer <token>`.
+    /// Read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<String>,
 }
 
 /// Access log settings.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Fault, Mirror, RateLimit, Retry, Sticky, WeightedUpstream};
-use crate::units::Duration;
+use crate::units::{ByteSize, Duration};
 
 /// One route. Routes are tried in precedence order (see `docs/configuration.md`),
 /// not in file order; file order only breaks ties.
@@ -55,6 +55,10 @@ pub struct Route {
     /// Copies of requests sent to a shadow upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// Largest request body on this route; larger gets 413. Absent = the
+    /// top-level `limits.max_request_body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<ByteSize>,
     /// Whether an HTTP/1.1 WebSocket upgrade (`Upgrade: websocket`) is
     /// proxied on this route. When true, the handshake goes to the upstream
     /// and, once it answers `101 Switching Protocols`, frames stream both

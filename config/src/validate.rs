@@ -43,6 +43,14 @@ pub(crate) fn validate(config: &Config, index: &LineIndex) -> Vec<ConfigError> {
             );
         }
     }
+    for (path, message) in crate::limits::validate_limits(&config.limits) {
+        v.error(path, message);
+    }
+    for (i, net) in config.trusted_proxies.iter().enumerate() {
+        if let Err(message) = parse_cidr(net) {
+            v.error(format!("trusted_proxies[{i}]"), message);
+        }
+    }
     v.routes(config);
     v.upstreams(config);
     v.redis(config);
@@ -154,6 +162,16 @@ impl Validator<'_> {
                 }
             }
             Err(msg) => self.error("admin.address", msg),
+        }
+        if admin
+            .auth_token_file
+            .as_ref()
+            .is_some_and(|f| f.trim().is_empty())
+        {
+            self.error(
+                "admin.auth_token_file",
+                "must not be empty (omit it for no authentication)",
+            );
         }
     }
 
@@ -500,4 +518,28 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
             quoted(s)
         )
     })
+}
+
+/// Parses a network written `ADDRESS/PREFIX` (IPv4 or IPv6) or a single
+/// address, into the address and the prefix length. Bits of the address
+/// past the prefix are ignored.
+pub fn parse_cidr(text: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let bad =
+        || format!("invalid network {text:?} (expected e.g. 10.0.0.0/8, fd00::/8 or 192.0.2.1)");
+    let (addr, prefix) = match text.trim().split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text.trim(), None),
+    };
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().map_err(|_| bad())?,
+        None => max,
+    };
+    if prefix > max {
+        return Err(format!(
+            "invalid network {text:?}: the prefix is at most /{max}"
+        ));
+    }
+    Ok((addr, prefix))
 }

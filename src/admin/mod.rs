@@ -3,6 +3,8 @@
 //! operator actions: reload the configuration (through `reload`, the one
 //! reload path) and drain a target. It reads through the shared `State`;
 //! its only writes are a target's drain mark and asking for a reload.
+//! With `admin.auth_token_file`, it also checks each request's bearer
+//! token.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,8 +30,14 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the admin API until `stop` flips, then lets the requests in
 /// flight finish (bounded by `DRAIN`) and closes idle connections.
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    token: Option<AdminToken>,
+    mut stop: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
+    let token = token.map(Arc::new);
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
@@ -37,9 +45,16 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
         };
         let Ok((stream, _)) = accepted else { continue };
         let state = state.clone();
+        let token = token.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(answer(&state, &req).await) }
+            let token = token.clone();
+            async move {
+                if let Some(refused) = token.as_deref().and_then(|t| t.refuse(&req)) {
+                    return Ok::<_, Infallible>(refused);
+                }
+                Ok::<_, Infallible>(answer(&state, &req).await)
+            }
         });
         let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
@@ -49,6 +64,66 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
     }
     drop(listener);
     let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+}
+
+/// The admin API's bearer token.
+pub struct AdminToken(Vec<u8>);
+
+/// Reads the token from `path`: the file's content without surrounding
+/// whitespace (a trailing newline is usual). An empty token is refused.
+pub fn read_token(path: &str) -> Result<AdminToken, String> {
+    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    let token = text.trim_ascii();
+    if token.is_empty() {
+        return Err("the file holds no token".to_owned());
+    }
+    if token.iter().any(|b| !b.is_ascii_graphic()) {
+        return Err("the token must be printable ASCII without spaces".to_owned());
+    }
+    Ok(AdminToken(token.to_vec()))
+}
+
+impl AdminToken {
+    /// The 401 answer for a request without the right token; None when it
+    /// may go on. Liveness and readiness stay open: probes carry no token
+    /// and learn nothing secret there.
+    fn refuse(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        if matches!(req.uri().path(), "/healthz" | "/ready") {
+            return None;
+        }
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| bearer(v.as_bytes()));
+        if given.is_some_and(|g| same(g, &self.0)) {
+            return None;
+        }
+        let mut resp = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"weir-admin\""),
+        );
+        Some(resp)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme is
+/// case-insensitive, RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii())
+}
+
+/// Compares in time that depends only on the lengths, so that the answer
+/// time does not tell how much of a guessed token was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 async fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {

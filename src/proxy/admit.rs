@@ -7,7 +7,6 @@ use http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use http::request::Parts;
 use std::time::Instant;
 
-use super::conn::ConnCtx;
 use super::deadline::{within, Deadline};
 use super::error::ProxyError;
 use super::policies::{Backend, RateLimiter, RoutePolicies};
@@ -49,7 +48,7 @@ pub struct Refusal {
 pub async fn admit(
     policies: &RoutePolicies,
     parts: &Parts,
-    ctx: &ConnCtx,
+    client_ip: &HeaderValue,
     deadline: &mut Option<Deadline>,
     start: Instant,
 ) -> Result<Option<RateHeaders>, Refusal> {
@@ -77,7 +76,7 @@ pub async fn admit(
     let Some(limiter) = &policies.rate_limit else {
         return Ok(None);
     };
-    let decision = match decide(limiter, policies, parts, ctx, start).await {
+    let decision = match decide(limiter, policies, parts, client_ip, start).await {
         Some(d) => d,
         // The backend could not answer and the policy let the request through.
         None => return Ok(None),
@@ -108,11 +107,11 @@ async fn decide(
     limiter: &RateLimiter,
     policies: &RoutePolicies,
     parts: &Parts,
-    ctx: &ConnCtx,
+    client_ip: &HeaderValue,
     start: Instant,
 ) -> Option<RateDecision> {
     let key: Option<&[u8]> = match &limiter.key {
-        RateKey::ClientIp => Some(ctx.client_ip.as_bytes()),
+        RateKey::ClientIp => Some(client_ip.as_bytes()),
         // Requests without the header share one bucket: leaving them
         // unlimited would make the limit trivial to bypass.
         RateKey::Header(name) => Some(

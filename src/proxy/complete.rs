@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use hyper::client::conn::http1;
 
 use super::conn::ConnCtx;
@@ -136,6 +136,9 @@ pub struct Completion {
     /// The call's gRPC status, once seen (answer head or trailers) or
     /// chosen by weir.
     pub grpc_status: Option<u16>,
+    /// The client address taken from `X-Forwarded-For` when the peer is a
+    /// trusted proxy (and its text); None: the peer is the client.
+    pub forwarded_client: Option<(std::net::IpAddr, HeaderValue)>,
 }
 
 impl Completion {
@@ -187,7 +190,11 @@ impl Completion {
         access_log.write(&AccessRecord {
             time: rfc3339(log.time),
             request_id: &log.request_id,
-            client: self.ctx.client,
+            // Port 0: a forwarded client's port is not known.
+            client: self
+                .forwarded_client
+                .as_ref()
+                .map_or(self.ctx.client, |(ip, _)| std::net::SocketAddr::new(*ip, 0)),
             method: self.method.as_str(),
             host: &log.host,
             path: &log.path,

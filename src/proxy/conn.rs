@@ -4,8 +4,9 @@
 //! then it reuses that connection without touching the target's pool. When the
 //! client connection closes, the cached connection returns to the pool.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
@@ -28,13 +29,19 @@ pub struct ConnCtx {
     pub client_ip: HeaderValue,
     /// What the TLS handshake settled, on a TLS listener.
     pub tls: Option<TlsSession>,
+    /// The limits checked on each request of this connection.
+    pub limits: Arc<RequestLimits>,
+    /// Set when the peer is one of `trusted_proxies`: its
+    /// `X-Forwarded-For` is then believed and extended.
+    pub trusted: Option<Arc<TrustedProxies>>,
+    requests: AtomicU64,
     cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl ConnCtx {
     /// State for a newly accepted client connection.
-    pub fn new(state: Arc<State>, client: SocketAddr) -> Self {
+    pub fn new(state: Arc<State>, client: SocketAddr, limits: Arc<RequestLimits>) -> Self {
         let client_ip = HeaderValue::from_str(&client.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
         ConnCtx {
@@ -42,9 +49,27 @@ impl ConnCtx {
             client,
             client_ip,
             tls: None,
+            limits,
+            trusted: None,
+            requests: AtomicU64::new(0),
             cached: Mutex::new(None),
             timer: Mutex::new(None),
         }
+    }
+
+    /// Counts a request; true when it is the last one this connection may
+    /// carry (`limits.max_requests_per_connection`).
+    pub fn count_request(&self) -> bool {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        n >= self.limits.max_requests_per_connection
+    }
+
+    /// The same, with the trusted proxies: kept when the peer is one.
+    pub fn with_trusted(mut self, trusted: &Arc<TrustedProxies>) -> Self {
+        if trusted.contains(self.client.ip()) {
+            self.trusted = Some(trusted.clone());
+        }
+        self
     }
 
     /// The same, for a connection that arrived over TLS.
@@ -94,6 +119,125 @@ impl ConnCtx {
     }
 }
 
+/// The per-request part of `limits:`, checked by the pipeline (the
+/// connection builders enforce the rest).
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Longest HTTP/1.x request line, in bytes.
+    pub max_request_line: usize,
+    /// Longest single header line (name, `: `, value), in bytes.
+    pub max_header_field: usize,
+    /// Largest request body when the route sets none, in bytes.
+    pub max_request_body: u64,
+    /// Requests per connection.
+    pub max_requests_per_connection: u64,
+    /// How long a request body may go without a byte.
+    pub body_idle_timeout: std::time::Duration,
+}
+
+impl RequestLimits {
+    /// The per-request limits of `limits`.
+    pub fn of(limits: &weir_config::Limits) -> Self {
+        RequestLimits {
+            max_request_line: usize::try_from(limits.max_request_line.bytes())
+                .unwrap_or(usize::MAX),
+            max_header_field: usize::try_from(limits.max_header_field.bytes())
+                .unwrap_or(usize::MAX),
+            max_request_body: limits.max_request_body.bytes(),
+            max_requests_per_connection: limits.max_requests_per_connection,
+            body_idle_timeout: limits.body_idle_timeout.get(),
+        }
+    }
+}
+
+/// The `trusted_proxies` networks.
+#[derive(Debug, Default)]
+pub struct TrustedProxies {
+    nets: Vec<(IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    /// The networks of `trusted_proxies` (validated by the configuration;
+    /// an invalid entry is skipped).
+    pub fn new(nets: &[String]) -> Self {
+        TrustedProxies {
+            nets: nets
+                .iter()
+                .filter_map(|n| weir_config::parse_cidr(n).ok())
+                .collect(),
+        }
+    }
+
+    /// True when there is no trusted proxy.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// True when `ip` is within one of the networks. An IPv4-mapped IPv6
+    /// address counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets
+            .iter()
+            .any(|&(net, prefix)| within(ip, net, prefix))
+    }
+
+    /// The client address of a request that came through a trusted peer
+    /// with these `X-Forwarded-For` values: the rightmost address that is
+    /// not a trusted proxy (each trusted hop appended the address it saw).
+    /// When every address is trusted, the leftmost; when an entry is not an
+    /// address, the hop after it (no one trusted vouches for it). None when
+    /// there is no usable entry.
+    pub fn client<'a>(&self, values: impl DoubleEndedIterator<Item = &'a [u8]>) -> Option<IpAddr> {
+        let mut last = None;
+        for value in values.rev() {
+            let text = std::str::from_utf8(value).ok();
+            for entry in text.into_iter().flat_map(|t| t.rsplit(',')) {
+                let entry = entry.trim();
+                if entry.is_empty() {
+                    continue;
+                }
+                let Some(ip) = parse_forwarded_ip(entry) else {
+                    return last;
+                };
+                if !self.contains(ip) {
+                    return Some(ip);
+                }
+                last = Some(ip);
+            }
+        }
+        last
+    }
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port
+/// (`192.0.2.1:4711`, `[2001:db8::1]:4711`).
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+fn within(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (ip, net.to_canonical()) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
 impl ConnCtx {
     /// A deadline timer left by an earlier request on this connection.
     pub fn take_timer(&self) -> Option<Pin<Box<Sleep>>> {
@@ -115,5 +259,46 @@ impl Drop for ConnCtx {
         if let Some((target, sender)) = slot.take() {
             target.http1.checkin(sender);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let t = TrustedProxies::new(&[
+            "10.0.0.0/8".into(),
+            "192.0.2.7".into(),
+            "fd00::/8".into(),
+            "0.0.0.0/0".into(),
+        ]);
+        assert!(t.contains(ip("10.1.2.3")));
+        assert!(t.contains(ip("::ffff:10.1.2.3")));
+        assert!(t.contains(ip("fd12::1")));
+        assert!(!t.contains(ip("fe80::1")));
+        let t = TrustedProxies::new(&["10.0.0.0/8".into(), "192.0.2.7".into()]);
+        assert!(t.contains(ip("192.0.2.7")));
+        assert!(!t.contains(ip("192.0.2.8")));
+        assert!(!t.contains(ip("11.0.0.1")));
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_address() {
+        let t = TrustedProxies::new(&["10.0.0.0/8".into()]);
+        let one = |v: &'static str| t.client([v.as_bytes()].into_iter());
+        assert_eq!(one("1.1.1.1, 2.2.2.2, 10.0.0.1"), Some(ip("2.2.2.2")));
+        assert_eq!(one("10.0.0.2, 10.0.0.1"), Some(ip("10.0.0.2")));
+        assert_eq!(one("1.1.1.1, junk, 10.0.0.1"), Some(ip("10.0.0.1")));
+        assert_eq!(one("[2001:db8::1]:80, 10.0.0.1:5"), Some(ip("2001:db8::1")));
+        assert_eq!(one(""), None);
+        // Several header lines form one list.
+        let lines = [&b"1.1.1.1"[..], &b"3.3.3.3, 10.9.9.9"[..]];
+        assert_eq!(t.client(lines.into_iter()), Some(ip("3.3.3.3")));
     }
 }

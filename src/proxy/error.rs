@@ -56,6 +56,46 @@ impl ProxyError {
         )
     }
 
+    /// 414: the request line is longer than `limits.max_request_line`.
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            "uri_too_long",
+            StatusCode::URI_TOO_LONG,
+            Source::Downstream,
+            format!("the request line is longer than {limit} bytes"),
+        )
+    }
+
+    /// 431: a header line is longer than `limits.max_header_field`.
+    pub fn header_too_large(limit: usize) -> Self {
+        Self::new(
+            "header_too_large",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Source::Downstream,
+            format!("a header line is longer than {limit} bytes"),
+        )
+    }
+
+    /// 413: the request body is larger than the route allows.
+    pub fn body_too_large(limit: u64) -> Self {
+        Self::new(
+            "body_too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Source::Downstream,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 408: the client stopped sending its body for `limits.body_idle_timeout`.
+    pub fn body_idle_timeout(idle: std::time::Duration) -> Self {
+        Self::new(
+            "body_idle_timeout",
+            StatusCode::REQUEST_TIMEOUT,
+            Source::Downstream,
+            format!("no request body byte arrived for {idle:?}"),
+        )
+    }
+
     /// 404: no route matches.
     pub fn route_not_found(method: &str, host: &str, path: &str) -> Self {
         Self::new(
@@ -221,6 +261,10 @@ impl ProxyError {
             WEBSOCKET_NOT_ALLOWED => "WebSocket not allowed on this route",
             "websocket_unsupported" => "The upstream cannot take a WebSocket",
             "cors_origin_not_allowed" => "Origin not allowed",
+            "uri_too_long" => "Request line too long",
+            "header_too_large" => "Request header too large",
+            "body_too_large" => "Request body too large",
+            "body_idle_timeout" => "Request body too slow",
             _ => "Gateway error",
         }
     }
@@ -236,8 +280,10 @@ pub fn grpc_status(code: &str, status: StatusCode) -> u16 {
         "client_cert_forbidden" | "cors_origin_not_allowed" | WEBSOCKET_NOT_ALLOWED => {
             code::PERMISSION_DENIED
         }
-        "upstream_timeout" => code::DEADLINE_EXCEEDED,
-        "rate_limited" => code::RESOURCE_EXHAUSTED,
+        "upstream_timeout" | "body_idle_timeout" => code::DEADLINE_EXCEEDED,
+        "rate_limited" | "body_too_large" | "header_too_large" | "uri_too_long" => {
+            code::RESOURCE_EXHAUSTED
+        }
         "upstream_connect_failed"
         | "upstream_reset"
         | "upstream_idle_timeout"

@@ -18,11 +18,11 @@ use super::conn::ConnCtx;
 use super::error::ProxyError;
 use super::grpc::GrpcKind;
 use crate::router::CompiledRoute;
-use crate::upstream::{ConnectError, Connection, OutboundBody, Target, UpstreamSet};
+use crate::upstream::{ConnectError, Connection, OutboundBody, OutboundError, Target, UpstreamSet};
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -203,7 +203,9 @@ pub fn prepare_request(
         strip_client_cert_headers(headers);
     }
     let client_ip = &client.client_ip;
-    if mask & XFF_PRESENT != 0 {
+    // Only a trusted proxy's list is kept; anyone else's is replaced, so a
+    // client cannot pass off a made-up address as its own.
+    if mask & XFF_PRESENT != 0 && client.trusted.is_some() {
         append_forwarded_for(headers, client_ip);
     } else {
         headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
@@ -461,6 +463,17 @@ fn timeout_error() -> ProxyError {
 }
 
 fn send_error(e: &hyper::Error) -> ProxyError {
+    // The client's body crossing its limit fails the upstream request too;
+    // that is the client's doing, not the upstream's.
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        match cause.downcast_ref::<OutboundError>() {
+            Some(OutboundError::TooLarge(limit)) => return ProxyError::body_too_large(*limit),
+            Some(OutboundError::Idle(idle)) => return ProxyError::body_idle_timeout(*idle),
+            _ => {}
+        }
+        source = cause.source();
+    }
     ProxyError::reset(format!(
         "the upstream closed the connection before a complete response: {e}"
     ))

@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use weir_config::HashOn;
 
 pub use body::{BodyError, ResponseBody};
-pub use conn::ConnCtx;
+pub use conn::{ConnCtx, RequestLimits, TrustedProxies};
 pub use error::{ProxyError, Source};
 pub use policies::{
     maintain_policies, Backend, MirrorPolicy, PolicyBuildError, RateLimiter, RoutePolicies,
@@ -47,6 +47,24 @@ use forward::X_REQUEST_ID;
 /// Handles one request from a client connection. Never fails: every error
 /// becomes a response.
 pub async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let last = ctx.count_request();
+    let version = req.version();
+    let mut resp = handle_request(ctx, req).await?;
+    // hyper closes an HTTP/1.x connection after a response that says so.
+    // After a body timeout the rest of the body may still come: the
+    // connection cannot carry another request.
+    let timed_out = resp.status() == http::StatusCode::REQUEST_TIMEOUT;
+    if (last || timed_out) && version <= Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+async fn handle_request(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -71,6 +89,7 @@ pub async fn handle(
         websocket: WebSocketStage::None,
         grpc: None,
         grpc_status: None,
+        forwarded_client: None,
     };
     let host = request_host(&parts);
     if let Some(tracer) = &ctx.state.tracer {
@@ -108,6 +127,25 @@ pub async fn handle(
             bytes_in: None,
             upstream: None,
         }));
+    }
+    if let Some(trusted) = &ctx.trusted {
+        // Only a trusted peer's X-Forwarded-For names the client.
+        let chain = parts
+            .headers
+            .get_all(&forward::X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        done.forwarded_client = trusted.client(chain).map(|ip| {
+            let text = HeaderValue::from_str(&ip.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown"));
+            (ip, text)
+        });
+    }
+    if let Some((reason, e)) = head_too_large(&ctx.limits, &parts) {
+        tracing::debug!(client = %ctx.client, reason, detail = %e.detail, "request refused");
+        ctx.state.metrics.rejected(reason);
+        done.grpc = grpc::kind(&parts.headers);
+        return Ok(local_error(e, &request_id, done));
     }
     let host = match host {
         Ok(h) => h,
@@ -195,11 +233,70 @@ pub async fn handle(
         done.grpc = grpc::kind(&parts.headers);
         return Ok(local_error(e, &request_id, done));
     };
-    let mut resp = tries::run(set, route, policies, parts, body, host, request_id, done).await;
+    let body_limit = route
+        .max_request_body
+        .unwrap_or(ctx.limits.max_request_body);
+    if content_length(&parts).is_some_and(|n| n > body_limit) {
+        tracing::debug!(client = %ctx.client, route = %route.name, limit = body_limit, "request body too large (Content-Length)");
+        ctx.state.metrics.rejected("body_too_large");
+        done.grpc = grpc::kind(&parts.headers);
+        return Ok(local_error(
+            ProxyError::body_too_large(body_limit),
+            &request_id,
+            done,
+        ));
+    }
+    let body_idle = ctx.limits.body_idle_timeout;
+    let mut resp = tries::run(
+        set, route, policies, parts, body, body_limit, body_idle, host, request_id, done,
+    )
+    .await;
     if let Some((cors, origin)) = cors {
         cors.apply(origin, resp.headers_mut());
     }
     Ok(resp)
+}
+
+/// Checks the request head against the limits hyper does not apply itself:
+/// the request line (HTTP/1.x) and each header line. Returns the metric
+/// reason and the error when one is exceeded.
+fn head_too_large(limits: &RequestLimits, parts: &Parts) -> Option<(&'static str, ProxyError)> {
+    if parts.version <= Version::HTTP_11 {
+        // `METHOD SP target SP HTTP/1.1`: the target as sent (origin or
+        // absolute form) is what the URI holds.
+        let target = match parts.uri.path_and_query() {
+            Some(pq) => pq.as_str().len(),
+            None => 0,
+        } + parts.uri.scheme_str().map_or(0, |s| s.len() + 3)
+            + parts.uri.authority().map_or(0, |a| a.as_str().len());
+        let line = parts.method.as_str().len() + 1 + target + 9;
+        if line > limits.max_request_line {
+            return Some((
+                "request_line_too_long",
+                ProxyError::uri_too_long(limits.max_request_line),
+            ));
+        }
+    }
+    for (name, value) in &parts.headers {
+        if name.as_str().len() + 2 + value.len() > limits.max_header_field {
+            return Some((
+                "header_too_large",
+                ProxyError::header_too_large(limits.max_header_field),
+            ));
+        }
+    }
+    None
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Answers a CORS preflight on a route with `cors`: 204 with what the
@@ -316,7 +413,10 @@ pub(crate) fn hash_of(on: &HashOn, parts: &Parts, done: &Completion) -> Option<u
         HashOn::Cookie(name) => {
             crate::router::cookie(&parts.headers, name).map(|v| hash_key(v.as_bytes()))
         }
-        HashOn::ClientIp => Some(hash_key(done.ctx.client.ip().to_string().as_bytes())),
+        HashOn::ClientIp => Some(match &done.forwarded_client {
+            Some((_, text)) => hash_key(text.as_bytes()),
+            None => hash_key(done.ctx.client.ip().to_string().as_bytes()),
+        }),
         HashOn::Path => Some(hash_key(parts.uri.path().as_bytes())),
     }
 }

@@ -47,6 +47,8 @@ pub(super) async fn run(
     policies: &RoutePolicies,
     mut parts: Parts,
     body: Incoming,
+    body_limit: u64,
+    body_idle: std::time::Duration,
     host: Option<HeaderValue>,
     request_id: HeaderValue,
     mut done: Completion,
@@ -85,7 +87,11 @@ pub(super) async fn run(
     });
 
     // Admit.
-    let rate = match admit(policies, &parts, &done.ctx, &mut total, done.start).await {
+    let client_ip = match &done.forwarded_client {
+        Some((_, text)) => text,
+        None => &done.ctx.client_ip,
+    };
+    let rate = match admit(policies, &parts, client_ip, &mut total, done.start).await {
         Ok(rate) => rate,
         Err(refusal) => {
             let mut resp = local_error(refusal.error, &request_id, done);
@@ -227,7 +233,9 @@ pub(super) async fn run(
             (None, Some(stream)) if web == Some(GrpcKind::WebText) => {
                 OutboundBody::base64(stream, counter.clone())
             }
-            (None, Some(stream)) => OutboundBody::Stream(stream, counter.clone()),
+            (None, Some(stream)) => {
+                OutboundBody::stream(stream, counter.clone(), body_limit, body_idle)
+            }
             (None, None) => OutboundBody::empty(),
         };
         let req = Request::from_parts(req_parts, out_body);
@@ -309,6 +317,10 @@ pub(super) async fn run(
                 }
                 _ => {
                     target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if e.code == "body_too_large" || e.code == "body_idle_timeout" {
+                        tracing::debug!(client = %done.ctx.client, route = %route.name, reason = e.code, "request body refused");
+                        done.ctx.state.metrics.rejected(e.code);
+                    }
                     return finish_error(result, &target, elapsed, request_id, done);
                 }
             },

@@ -132,6 +132,8 @@ pub struct CompiledRoute {
     pub response_headers: HeaderEdits,
     /// gRPC-Web requests are translated into gRPC (`grpc_web`).
     pub grpc_web: bool,
+    /// The route's own request body limit (`max_request_body`), in bytes.
+    pub max_request_body: Option<u64>,
     /// The route's CORS settings, when it has a `cors` block.
     pub cors: Option<Cors>,
     matcher: Matcher,
@@ -218,6 +220,7 @@ impl CompiledRoute {
                 &route.response_headers,
             )?,
             grpc_web: route.grpc_web,
+            max_request_body: route.max_request_body.map(|b| b.bytes()),
             cors: route
                 .cors
                 .as_ref()

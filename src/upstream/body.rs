@@ -5,22 +5,25 @@
 //! free of per-request allocation.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 /// Request body towards a target.
 #[derive(Debug)]
 pub enum OutboundBody {
-    /// The client's body, streamed; the counter (when present) adds up bytes.
-    Stream(Incoming, Option<Arc<AtomicU64>>),
+    /// The client's body, streamed, within its size and idle limits.
+    Stream(ClientStream),
     /// The client's body as base64 text, sent decoded.
     Base64(Box<Base64Body>),
     /// A body held in memory.
@@ -34,6 +37,12 @@ pub enum OutboundError {
     Client(hyper::Error),
     /// The client's base64 text is not base64.
     Base64,
+    /// The client's body went past the route's `max_request_body` (the
+    /// limit, in bytes).
+    TooLarge(u64),
+    /// No byte of the client's body came for this long
+    /// (`limits.body_idle_timeout`).
+    Idle(Duration),
 }
 
 impl fmt::Display for OutboundError {
@@ -41,6 +50,12 @@ impl fmt::Display for OutboundError {
         match self {
             OutboundError::Client(e) => write!(f, "client body error: {e}"),
             OutboundError::Base64 => f.write_str("the request body is not valid base64"),
+            OutboundError::TooLarge(limit) => {
+                write!(f, "the request body is larger than {limit} bytes")
+            }
+            OutboundError::Idle(idle) => {
+                write!(f, "no request body byte arrived for {idle:?}")
+            }
         }
     }
 }
@@ -51,6 +66,26 @@ impl OutboundBody {
     /// An empty body.
     pub fn empty() -> Self {
         OutboundBody::Full(None)
+    }
+
+    /// The client's body, streamed, refused once it carries more than
+    /// `limit` bytes or goes `idle` without one; the counter (when present)
+    /// adds up bytes.
+    pub fn stream(
+        inner: Incoming,
+        counter: Option<Arc<AtomicU64>>,
+        limit: u64,
+        idle: Duration,
+    ) -> Self {
+        OutboundBody::Stream(ClientStream {
+            inner,
+            counter,
+            left: limit,
+            limit,
+            idle,
+            timer: None,
+            armed: false,
+        })
     }
 
     /// The client's base64 body, decoded as it streams.
@@ -72,15 +107,7 @@ impl Body for OutboundBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, OutboundError>>> {
         match self.get_mut() {
-            OutboundBody::Stream(inner, counter) => {
-                let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(counter)) = (&polled, counter) {
-                    if let Some(data) = frame.data_ref() {
-                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    }
-                }
-                polled.map_err(OutboundError::Client)
-            }
+            OutboundBody::Stream(s) => s.poll(cx),
             OutboundBody::Base64(b) => b.poll(cx),
             OutboundBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
@@ -88,7 +115,7 @@ impl Body for OutboundBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            OutboundBody::Stream(inner, _) => inner.is_end_stream(),
+            OutboundBody::Stream(s) => s.inner.is_end_stream(),
             OutboundBody::Base64(b) => b.inner.is_end_stream() && b.carry.is_empty(),
             OutboundBody::Full(data) => data.is_none(),
         }
@@ -96,12 +123,64 @@ impl Body for OutboundBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            OutboundBody::Stream(inner, _) => inner.size_hint(),
+            OutboundBody::Stream(s) => s.inner.size_hint(),
             OutboundBody::Base64(_) => SizeHint::default(),
             OutboundBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+/// The client's body as it streams through.
+#[derive(Debug)]
+pub struct ClientStream {
+    inner: Incoming,
+    counter: Option<Arc<AtomicU64>>,
+    // Bytes still allowed, and the limit they count down from.
+    left: u64,
+    limit: u64,
+    idle: Duration,
+    // Made the first time the body waits (a body that arrives whole never
+    // needs one), then reset each time a wait starts.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl ClientStream {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, OutboundError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Pending => {
+                let deadline = Instant::now() + self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !self.armed {
+                    timer.as_mut().reset(deadline);
+                    self.armed = true;
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(OutboundError::Idle(self.idle))));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                self.armed = false;
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.left {
+                        return Poll::Ready(Some(Err(OutboundError::TooLarge(self.limit))));
+                    }
+                    self.left -= n;
+                    if let Some(counter) = &self.counter {
+                        counter.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+            Poll::Ready(_) => {}
+        }
+        polled.map_err(OutboundError::Client)
     }
 }
 

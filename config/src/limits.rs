@@ -1,0 +1,138 @@
+//! `limits:`: the bounds weir puts on what one client may send and hold
+//! (request head and body sizes, header and body timeouts, connections and
+//! requests per connection, HTTP/2 windows and streams). The defaults follow
+//! what NGINX and Envoy ship for edge proxies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Duration};
+
+/// Resource limits on client connections and requests. Every key has a
+/// default; the block may be absent.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest request line (method, target, version); longer gets 414.
+    /// Default `8KiB`.
+    pub max_request_line: ByteSize,
+    /// Largest request head (request line and every header); larger gets
+    /// 431. Default `64KiB`.
+    pub max_header_bytes: ByteSize,
+    /// Largest single header line (name and value); larger gets 431.
+    /// Default `16KiB`.
+    pub max_header_field: ByteSize,
+    /// Most header fields in one request; more gets 431. Default `100`.
+    pub max_headers: usize,
+    /// Largest request body, unless the route sets its own; larger gets
+    /// 413. Default `10MiB`.
+    pub max_request_body: ByteSize,
+    /// How long a client may take to send a whole request head (HTTP/1.x);
+    /// the connection is then closed. Default `15s`.
+    pub header_read_timeout: Duration,
+    /// How long a request body may go without a byte while weir waits for
+    /// it; the request then gets 408 and the connection is closed. Default
+    /// `30s`.
+    pub body_idle_timeout: Duration,
+    /// How long a TLS client may take to complete the handshake. Default
+    /// `10s`.
+    pub tls_handshake_timeout: Duration,
+    /// Requests served on one client connection before it is closed
+    /// (`Connection: close` on the last HTTP/1.1 response). Default `1000`.
+    pub max_requests_per_connection: u64,
+    /// Client connections open at once; connections beyond are accepted
+    /// and closed at once. Default `10000`.
+    pub max_connections: usize,
+    /// HTTP/2 streams a client may have open at once on a connection.
+    /// Default `100`.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 initial flow-control window of each stream. Default `64KiB`.
+    pub h2_stream_window: ByteSize,
+    /// HTTP/2 flow-control window of a whole connection. Default `1MiB`.
+    pub h2_connection_window: ByteSize,
+    /// Largest HTTP/2 header list (decoded) a client may send. Default
+    /// `64KiB`.
+    pub h2_max_header_list_size: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_line: ByteSize(8 << 10),
+            max_header_bytes: ByteSize(64 << 10),
+            max_header_field: ByteSize(16 << 10),
+            max_headers: 100,
+            max_request_body: ByteSize(10 << 20),
+            header_read_timeout: Duration::from_secs(15),
+            body_idle_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_requests_per_connection: 1000,
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
+            h2_stream_window: ByteSize(64 << 10),
+            h2_connection_window: ByteSize(1 << 20),
+            h2_max_header_list_size: ByteSize(64 << 10),
+        }
+    }
+}
+
+/// Problems with a `limits:` block, each as (YAML path, message).
+pub(crate) fn validate_limits(l: &Limits) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut err = |key: &str, message: &str| {
+        out.push((format!("limits.{key}"), message.to_owned()));
+    };
+    // hyper cannot buffer a request head in less than 8KiB.
+    if l.max_header_bytes.bytes() < 8192 {
+        err("max_header_bytes", "must be at least 8KiB");
+    }
+    if l.max_request_line.bytes() == 0 {
+        err("max_request_line", "must be greater than zero");
+    }
+    if l.max_request_line > l.max_header_bytes {
+        err(
+            "max_request_line",
+            "must not exceed max_header_bytes (the request line is part of the head)",
+        );
+    }
+    if l.max_header_field.bytes() == 0 {
+        err("max_header_field", "must be greater than zero");
+    }
+    if l.max_headers == 0 {
+        err("max_headers", "must be greater than zero");
+    }
+    for (key, d) in [
+        ("header_read_timeout", l.header_read_timeout),
+        ("body_idle_timeout", l.body_idle_timeout),
+        ("tls_handshake_timeout", l.tls_handshake_timeout),
+    ] {
+        if d.is_zero() {
+            err(key, "must be greater than zero");
+        }
+    }
+    if l.max_requests_per_connection == 0 {
+        err("max_requests_per_connection", "must be greater than zero");
+    }
+    if l.max_connections == 0 {
+        err("max_connections", "must be greater than zero");
+    }
+    if l.h2_max_concurrent_streams == 0 {
+        err("h2_max_concurrent_streams", "must be greater than zero");
+    }
+    // RFC 9113 §6.9.2: a window is at most 2^31-1 and the initial one at
+    // least the 65,535 every peer starts with for the connection.
+    const MAX_WINDOW: u64 = (1 << 31) - 1;
+    if l.h2_stream_window.bytes() == 0 || l.h2_stream_window.bytes() > MAX_WINDOW {
+        err("h2_stream_window", "must be between 1 and 2147483647 bytes");
+    }
+    if l.h2_connection_window.bytes() < 65_535 || l.h2_connection_window.bytes() > MAX_WINDOW {
+        err(
+            "h2_connection_window",
+            "must be between 65535 and 2147483647 bytes",
+        );
+    }
+    if l.h2_max_header_list_size.bytes() == 0 || l.h2_max_header_list_size.bytes() > u32::MAX as u64
+    {
+        err("h2_max_header_list_size", "must be between 1 byte and 4GiB");
+    }
+    out
+}
