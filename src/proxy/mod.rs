@@ -312,6 +312,13 @@ fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
         return Err(ProxyError::bad_request("more than one Host header"));
     }
     if let Some(a) = parts.uri.authority() {
+        // HTTP/2: a Host that disagrees with :authority makes the request
+        // malformed (RFC 9113 §8.3.1); HTTP/1.1 absolute-form ignores Host.
+        if parts.version == Version::HTTP_2
+            && first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+        {
+            return Err(ProxyError::bad_request("Host differs from :authority"));
+        }
         return match HeaderValue::from_str(a.as_str()) {
             Ok(h) if strict::valid_host(&h, parts.version) => Ok(Some(h)),
             _ => Err(ProxyError::bad_request("invalid authority")),

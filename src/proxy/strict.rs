@@ -3,10 +3,11 @@
 //! implementation could read differently is ever forwarded (RFC 9110,
 //! RFC 9112; the case numbers are those of the parsing corpus in
 //! `tests/parsing.rs`). They run in the first request phase, before
-//! routing. A plain request (no `Transfer-Encoding`, one `Content-Length` or
-//! none, no `Connection` list) costs the walk over its target's bytes and
-//! over the Host value, nothing else: the header names were already walked
-//! once by `forward::scan`, whose mask says which checks apply.
+//! routing. A plain HTTP/1.1 request (no `Transfer-Encoding`, one
+//! `Content-Length` or none, no `Connection` list) costs the walk over its
+//! target's bytes and over the Host value, nothing else: the header names
+//! were already walked once by `forward::scan`, whose mask says which checks
+//! apply. HTTP/2 requests also have the ends of their values looked at.
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -20,6 +21,9 @@ use super::forward::{
 /// Checks the framing headers `scan` found (`mask`) and the request target.
 pub(super) fn check(parts: &Parts, mask: u16) -> Result<(), ProxyError> {
     check_target(parts)?;
+    if parts.version == Version::HTTP_2 {
+        check_h2_values(parts)?;
+    }
     if mask
         & (CONNECTION_PRESENT
             | CONTENT_LENGTH_PRESENT
@@ -58,6 +62,24 @@ pub(super) fn check(parts: &Parts, mask: u16) -> Result<(), ProxyError> {
     }
     if mask & CONNECTION_PRESENT != 0 {
         check_connection(parts)?;
+    }
+    Ok(())
+}
+
+/// HTTP/2 carries values verbatim: the h2 crate refuses NUL, CR and LF but
+/// not the leading or trailing whitespace RFC 9113 §8.2.1 also makes
+/// malformed (an HTTP/1.1 parser strips it, so such a value would read
+/// differently on either side of weir). Only the ends of each value are
+/// looked at.
+fn check_h2_values(parts: &Parts) -> Result<(), ProxyError> {
+    let padded = parts.headers.values().any(|v| {
+        let v = v.as_bytes();
+        matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+    });
+    if padded {
+        return Err(ProxyError::bad_request(
+            "a header value starts or ends with whitespace",
+        ));
     }
     Ok(())
 }

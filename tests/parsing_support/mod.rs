@@ -312,3 +312,70 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// The `:status` at the start of a response header block, for the forms a
+/// server uses for it: an indexed static entry, or a literal with a static
+/// name (plain or Huffman-coded digits).
+pub fn h2_status(block: &[u8]) -> Option<u16> {
+    let first = *block.first()?;
+    if first & 0x80 != 0 {
+        return match first & 0x7f {
+            8 => Some(200),
+            9 => Some(204),
+            10 => Some(206),
+            11 => Some(304),
+            12 => Some(400),
+            13 => Some(404),
+            14 => Some(500),
+            _ => None,
+        };
+    }
+    let name = if first & 0x40 != 0 {
+        first & 0x3f
+    } else {
+        first & 0x0f
+    };
+    if !(8..=14).contains(&name) {
+        return None;
+    }
+    let len_byte = *block.get(1)?;
+    let len = (len_byte & 0x7f) as usize;
+    let value = block.get(2..2 + len)?;
+    let text = if len_byte & 0x80 == 0 {
+        String::from_utf8(value.to_vec()).ok()?
+    } else {
+        huffman_digits(value)?
+    };
+    text.parse().ok()
+}
+
+/// Decodes Huffman-coded decimal digits (RFC 7541 Appendix B: 0-2 have
+/// 5-bit codes 00000-00010, 3-9 6-bit codes 011001-011111).
+fn huffman_digits(bytes: &[u8]) -> Option<String> {
+    let bits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while out.len() < 3 {
+        let take = |n: usize| -> Option<u8> {
+            bits.get(i..i + n)
+                .map(|s| s.iter().fold(0u8, |acc, b| acc << 1 | b))
+        };
+        let five = take(5)?;
+        if five <= 2 {
+            out.push((b'0' + five) as char);
+            i += 5;
+            continue;
+        }
+        let six = take(6)?;
+        if (0b011001..=0b011111).contains(&six) {
+            out.push((b'3' + (six - 0b011001)) as char);
+            i += 6;
+            continue;
+        }
+        return None;
+    }
+    Some(out)
+}
