@@ -12,6 +12,8 @@ mod conn;
 mod deadline;
 mod error;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod grpc_web;
 mod mirror;
