@@ -594,10 +594,12 @@ async fn h2_exchange(addr: std::net::SocketAddr, stream1: &[u8]) -> H2Outcome {
     let mut reader = FrameReader::new();
     let mut outcome = H2Outcome::default();
     while let Some(f) = reader.next(&mut rd, deadline).await {
+        // Frames of the connection (stream 0) fill no slot.
+        let mut unused = None;
         let slot = match f.stream {
             1 => &mut outcome.bad,
             3 => &mut outcome.good,
-            _ => &mut outcome.goaway.clone().map(|_| StreamEnd::Reset(0)),
+            _ => &mut unused,
         };
         match f.kind {
             frame::SETTINGS if f.flags & frame::ACK == 0 => {
