@@ -231,8 +231,6 @@ fn preflight(
     finish(resp, request_id, done)
 }
 
-/// Sends the error response for `err`: a gRPC status for a gRPC call, a
-/// problem+json document otherwise.
 /// A request refused for its head: on HTTP/1.x the connection is closed
 /// after the answer, since whatever follows on it (a body, a smuggled
 /// request) cannot be trusted to start where weir thinks.
@@ -250,6 +248,8 @@ fn reject_head(
     resp
 }
 
+/// Sends the error response for `err`: a gRPC status for a gRPC call, a
+/// problem+json document otherwise.
 pub(crate) fn local_error(
     err: ProxyError,
     request_id: &HeaderValue,
