@@ -46,12 +46,22 @@ static X_CLIENT_CERT_SAN: HeaderName = HeaderName::from_static("x-client-cert-sa
 static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 /// Bit set by `scan` when an `Upgrade` header is present.
 pub(super) const UPGRADE_PRESENT: u16 = 4;
+/// Bit set by `scan` for `Connection`.
+pub(super) const CONNECTION_PRESENT: u16 = 1;
+/// Bit set by `scan` for `Transfer-Encoding`.
+pub(super) const TRANSFER_ENCODING_PRESENT: u16 = 2;
+/// Bit set by `scan` for `Content-Length` (read by `strict::check`).
+pub(super) const CONTENT_LENGTH_PRESENT: u16 = 1 << 12;
+/// Bit set by `scan` for a framing header name spelt with an underscore,
+/// which some servers take for the real one.
+pub(super) const LOOKALIKE_PRESENT: u16 = 1 << 13;
 /// Two bits where `scan` records a gRPC content type (`grpc_kind`).
 const GRPC_SHIFT: u16 = 10;
 const GRPC_MASK: u16 = 3 << GRPC_SHIFT;
 
 /// One pass over the (few) headers: which hop-by-hop headers are present
-/// (bits 0-7, in the order of `strip_present`), plus `XFF_PRESENT`, and whether the content type is
+/// (bits 0-7, in the order of `strip_present`), plus `XFF_PRESENT`, the
+/// framing bits `strict::check` reads, and whether the content type is
 /// gRPC's. Every later lookup or removal hashes; this lets the common
 /// message skip nearly all of them.
 pub(super) fn scan(headers: &HeaderMap) -> u16 {
@@ -70,6 +80,8 @@ pub(super) fn scan(headers: &HeaderMap) -> u16 {
             "proxy-connection" => 64,
             "proxy-authenticate" => 128,
             "x-forwarded-for" => XFF_PRESENT,
+            "content-length" => CONTENT_LENGTH_PRESENT,
+            "transfer_encoding" | "content_length" => LOOKALIKE_PRESENT,
             "content-type" => {
                 content_type = true;
                 0
@@ -463,14 +475,19 @@ fn timeout_error() -> ProxyError {
 }
 
 fn send_error(e: &hyper::Error) -> ProxyError {
-    // The client's body crossing its limit fails the upstream request too;
-    // that is the client's doing, not the upstream's.
+    // The client's own body failing (past its limit, stalled, a malformed
+    // chunk, an early end) is the client's doing, not the target's.
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
         match cause.downcast_ref::<OutboundError>() {
             Some(OutboundError::TooLarge(limit)) => return ProxyError::body_too_large(*limit),
             Some(OutboundError::Idle(idle)) => return ProxyError::body_idle_timeout(*idle),
-            _ => {}
+            Some(body) => {
+                return ProxyError::bad_request(format!(
+                    "the request body could not be read: {body}"
+                ))
+            }
+            None => {}
         }
         source = cause.source();
     }

@@ -12,11 +12,14 @@ mod conn;
 mod deadline;
 mod error;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod grpc;
 mod grpc_web;
 mod mirror;
 mod policies;
 mod respond;
+mod strict;
 mod tries;
 mod websocket;
 
@@ -147,21 +150,21 @@ async fn handle_request(
         done.grpc = grpc::kind(&parts.headers);
         return Ok(local_error(e, &request_id, done));
     }
-    let host = match host {
+    // One walk over the header names serves the strictness checks here
+    // and forwarding later.
+    let mask = forward::scan(&parts.headers);
+    let host = match host.and_then(|h| strict::check(&parts, mask).map(|()| h)) {
         Ok(h) => h,
         Err(e) => {
-            ctx.state.metrics.rejected("bad_request");
+            ctx.state.metrics.rejected(e.code);
             done.grpc = grpc::kind(&parts.headers);
-            return Ok(local_error(e, &request_id, done));
+            return Ok(reject_head(e, &parts, &request_id, done));
         }
     };
     if parts.method == Method::CONNECT {
         done.grpc = grpc::kind(&parts.headers);
-        return Ok(local_error(
-            ProxyError::not_implemented("CONNECT is not proxied"),
-            &request_id,
-            done,
-        ));
+        let e = ProxyError::not_implemented("CONNECT is not proxied");
+        return Ok(reject_head(e, &parts, &request_id, done));
     }
 
     // Match route.
@@ -248,7 +251,7 @@ async fn handle_request(
     }
     let body_idle = ctx.limits.body_idle_timeout;
     let mut resp = tries::run(
-        set, route, policies, parts, body, body_limit, body_idle, host, request_id, done,
+        set, route, policies, parts, mask, body, body_limit, body_idle, host, request_id, done,
     )
     .await;
     if let Some((cors, origin)) = cors {
@@ -322,6 +325,23 @@ fn preflight(
     finish(resp, request_id, done)
 }
 
+/// A request refused for its head: on HTTP/1.x the connection is closed
+/// after the answer, since whatever follows on it (a body, a smuggled
+/// request) cannot be trusted to start where weir thinks.
+fn reject_head(
+    err: ProxyError,
+    parts: &Parts,
+    request_id: &HeaderValue,
+    done: Completion,
+) -> Response<ResponseBody> {
+    let mut resp = local_error(err, request_id, done);
+    if parts.version <= Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 /// Sends the error response for `err`: a gRPC status for a gRPC call, a
 /// problem+json document otherwise.
 pub(crate) fn local_error(
@@ -388,13 +408,24 @@ fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
         return Err(ProxyError::bad_request("more than one Host header"));
     }
     if let Some(a) = parts.uri.authority() {
-        return HeaderValue::from_str(a.as_str())
-            .map(Some)
-            .map_err(|_| ProxyError::bad_request("invalid authority"));
+        // HTTP/2: a Host that disagrees with :authority makes the request
+        // malformed (RFC 9113 §8.3.1); HTTP/1.1 absolute-form ignores Host.
+        if parts.version == Version::HTTP_2
+            && first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+        {
+            return Err(ProxyError::bad_request("Host differs from :authority"));
+        }
+        return match HeaderValue::from_str(a.as_str()) {
+            Ok(h) if strict::valid_host(&h, parts.version) => Ok(Some(h)),
+            _ => Err(ProxyError::bad_request("invalid authority")),
+        };
     }
     match first {
         Some(h) if h.is_empty() && parts.version == Version::HTTP_11 => {
             Err(ProxyError::bad_request("empty Host header"))
+        }
+        Some(h) if !strict::valid_host(h, parts.version) => {
+            Err(ProxyError::bad_request("invalid Host header"))
         }
         Some(h) => Ok(Some(h.clone())),
         None if parts.version == Version::HTTP_11 => Err(ProxyError::bad_request(

@@ -46,6 +46,7 @@ pub(super) async fn run(
     route: &CompiledRoute,
     policies: &RoutePolicies,
     mut parts: Parts,
+    mask: u16,
     body: Incoming,
     body_limit: u64,
     body_idle: std::time::Duration,
@@ -57,9 +58,9 @@ pub(super) async fn run(
         log.upstream = Some(set.name.clone());
     }
 
-    // A WebSocket handshake is told apart only when the header scan (which
-    // forwarding needs anyway) has seen an `Upgrade` header.
-    let mask = forward::scan(&parts.headers);
+    // A WebSocket handshake is told apart only when the header scan (`mask`,
+    // taken in `handle`, which forwarding needs anyway) has seen an
+    // `Upgrade` header.
     done.grpc = forward::grpc_kind(mask);
     // gRPC-Web is translated only where the route asks for it; elsewhere
     // it goes to the upstream as it came.
