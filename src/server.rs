@@ -440,6 +440,8 @@ fn bind(name: &str, address: &str) -> Result<std::net::TcpListener, ServerError>
 const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// hyper's default limit on the number of request header fields.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// The connection builders of one listener: one per protocol it speaks,
 /// and its TLS when it terminates TLS, set up with `limits:`.
@@ -475,9 +477,14 @@ impl ConnBuilders {
             // the limit, or has too many fields, is answered 431 by hyper.
             // The buffer bound also stops a head from being buffered past
             // the limit while it is still incomplete.
-            b.max_buf_size(head.max(8192))
-                .max_header_size(head)
-                .max_headers(limits.max_headers);
+            b.max_buf_size(head.max(8192)).max_header_size(head);
+            // hyper's own cap is 100 and costs nothing; an explicit cap
+            // makes its parser fill a heap array of that many slots for
+            // every request (about 2k instructions), so it is only set
+            // when the limit differs.
+            if limits.max_headers != HYPER_MAX_HEADERS {
+                b.max_headers(limits.max_headers);
+            }
             b.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout.get());
             b

@@ -138,7 +138,7 @@ pub struct Completion {
     pub grpc_status: Option<u16>,
     /// The client address taken from `X-Forwarded-For` when the peer is a
     /// trusted proxy (and its text); None: the peer is the client.
-    pub forwarded_client: Option<(std::net::IpAddr, HeaderValue)>,
+    pub forwarded_client: Option<Box<(std::net::IpAddr, HeaderValue)>>,
 }
 
 impl Completion {
@@ -193,7 +193,7 @@ impl Completion {
             // Port 0: a forwarded client's port is not known.
             client: self
                 .forwarded_client
-                .as_ref()
+                .as_deref()
                 .map_or(self.ctx.client, |(ip, _)| std::net::SocketAddr::new(*ip, 0)),
             method: self.method.as_str(),
             host: &log.host,

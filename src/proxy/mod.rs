@@ -141,7 +141,8 @@ async fn handle_request(
         done.forwarded_client = trusted.client(chain).map(|ip| {
             let text = HeaderValue::from_str(&ip.to_string())
                 .unwrap_or(HeaderValue::from_static("unknown"));
-            (ip, text)
+            // Boxed: rare, and the request state is moved a few times.
+            Box::new((ip, text))
         });
     }
     if let Some((reason, e)) = head_too_large(&ctx.limits, &parts) {
@@ -444,7 +445,7 @@ pub(crate) fn hash_of(on: &HashOn, parts: &Parts, done: &Completion) -> Option<u
         HashOn::Cookie(name) => {
             crate::router::cookie(&parts.headers, name).map(|v| hash_key(v.as_bytes()))
         }
-        HashOn::ClientIp => Some(match &done.forwarded_client {
+        HashOn::ClientIp => Some(match done.forwarded_client.as_deref() {
             Some((_, text)) => hash_key(text.as_bytes()),
             None => hash_key(done.ctx.client.ip().to_string().as_bytes()),
         }),

@@ -158,6 +158,37 @@ fn not_uri_char(b: u8) -> bool {
     )
 }
 
+/// The bytes a reg-name or IPv4 address may hold (RFC 3986 §3.2.2:
+/// unreserved, percent, sub-delims), as a table: this runs on every request.
+static HOST_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
+
 /// A Host value (or absolute-form authority) must be `uri-host [ ":" port ]`
 /// (RFC 9112 §3.2, RFC 3986 §3.2.2): no userinfo, spaces, slashes or other
 /// delimiters, and a numeric port (R9, R7).
@@ -195,27 +226,7 @@ pub(super) fn valid_host(value: &HeaderValue, version: Version) -> bool {
     if host.is_empty() {
         return false;
     }
-    let host_ok = host.iter().all(|b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    });
+    let host_ok = host.iter().all(|b| HOST_CHARS[usize::from(*b)]);
     host_ok && port.iter().all(u8::is_ascii_digit)
 }
 

@@ -88,7 +88,7 @@ pub(super) async fn run(
     });
 
     // Admit.
-    let client_ip = match &done.forwarded_client {
+    let client_ip = match done.forwarded_client.as_deref() {
         Some((_, text)) => text,
         None => &done.ctx.client_ip,
     };
