@@ -1,0 +1,354 @@
+//! The accept path of a listener: accepting within `max_connections`,
+//! the TLS handshake or the HTTP/2 preface sniff, and serving each client
+//! connection with hyper under the drain watcher.
+//!
+//! Owns the per-listener connection builders (hyper settings from
+//! `limits`). Must not touch the request pipeline (`proxy`) beyond handing
+//! it a `ConnCtx`, nor binding, reloads or upgrades (the parent module).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use weir_config::{Limits, ListenerProtocol};
+
+use super::drain::{Drain, DrainWatch};
+use crate::proxy::{self, ConnCtx, RequestLimits, TrustedProxies};
+use crate::state::State;
+use crate::tls::{ServerTls, TlsSession};
+
+/// How long a connection accepted just before a drain may take to send its
+/// first bytes; clients send their request right after connecting.
+pub(super) const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// hyper's default limit on the number of request header fields.
+pub(super) const HYPER_MAX_HEADERS: usize = 100;
+
+/// The connection builders of one listener: one per protocol it speaks,
+/// and its TLS when it terminates TLS, set up with `limits:`.
+pub(super) struct ConnBuilders {
+    name: String,
+    h1: Option<http1::Builder>,
+    h2: Option<http2::Builder<TokioExecutor>>,
+    tls: Option<Arc<ServerTls>>,
+    tls_handshake_timeout: Duration,
+    /// Also how long a new connection may take to send its first bytes.
+    header_read_timeout: Duration,
+    limits: Arc<RequestLimits>,
+    trusted: Arc<TrustedProxies>,
+    open: Arc<OpenConnections>,
+}
+
+impl ConnBuilders {
+    pub(super) fn new(
+        name: &str,
+        protocols: &[ListenerProtocol],
+        tls: Option<Arc<ServerTls>>,
+        limits: &Limits,
+        request_limits: Arc<RequestLimits>,
+        trusted: Arc<TrustedProxies>,
+        open: Arc<OpenConnections>,
+    ) -> Self {
+        let head = usize::try_from(limits.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+        // With TLS, ALPN decides; both builders are ready for what it picks.
+        let h1 = (tls.is_some() || protocols.contains(&ListenerProtocol::Http1)).then(|| {
+            let mut b = http1::Builder::new();
+            b.writev(false);
+            // A head that does not fit the buffer, or parses longer than
+            // the limit, or has too many fields, is answered 431 by hyper.
+            // The buffer bound also stops a head from being buffered past
+            // the limit while it is still incomplete.
+            b.max_buf_size(head.max(8192)).max_header_size(head);
+            // hyper's own cap is 100 and costs nothing; an explicit cap
+            // makes its parser fill a heap array of that many slots for
+            // every request (about 2k instructions), so it is only set
+            // when the limit differs.
+            if limits.max_headers != HYPER_MAX_HEADERS {
+                b.max_headers(limits.max_headers);
+            }
+            b.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout.get());
+            b
+        });
+        let h2 = (tls.is_some() || protocols.contains(&ListenerProtocol::H2c)).then(|| {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new());
+            // Validation keeps these within u32 (RFC 9113 windows are
+            // 31-bit).
+            let window = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            b.max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .initial_stream_window_size(window(limits.h2_stream_window.bytes()))
+                .initial_connection_window_size(window(limits.h2_connection_window.bytes()))
+                .max_header_list_size(window(limits.h2_max_header_list_size.bytes()));
+            b
+        });
+        ConnBuilders {
+            name: name.to_owned(),
+            h1,
+            h2,
+            tls,
+            tls_handshake_timeout: limits.tls_handshake_timeout.get(),
+            header_read_timeout: limits.header_read_timeout.get(),
+            limits: request_limits,
+            trusted,
+            open,
+        }
+    }
+}
+
+/// Client connections open over every listener, against
+/// `limits.max_connections`.
+pub(super) struct OpenConnections {
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl OpenConnections {
+    /// A cap of `max` open client connections.
+    pub(super) fn new(max: usize) -> OpenConnections {
+        OpenConnections {
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a slot for a new connection; None when all are taken.
+    pub(super) fn try_open(self: &Arc<Self>) -> Option<OpenSlot> {
+        let taken = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        taken.ok().map(|_| OpenSlot(self.clone()))
+    }
+}
+
+/// One open connection's slot, given back when the connection ends.
+pub(super) struct OpenSlot(Arc<OpenConnections>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Which protocol a connection speaks, from its first bytes.
+pub(super) enum Sniffed {
+    Http1,
+    Http2,
+    Gone,
+}
+
+/// Peeks (without consuming) until the bytes either diverge from the HTTP/2
+/// preface (HTTP/1.x: almost always at the first byte) or complete it. Doing
+/// this once per connection lets both protocols run on the plain socket,
+/// with no rewind wrapper on every read.
+pub(super) async fn sniff(stream: &TcpStream) -> Sniffed {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return Sniffed::Gone,
+            Ok(n) => n,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Sniffed::Http1;
+        }
+        if n == H2_PREFACE.len() {
+            return Sniffed::Http2;
+        }
+        // A preface split across packets: peek again shortly.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    builders: Arc<ConnBuilders>,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<Drain>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Some(slot) = builders.open.try_open() else {
+                    // Closed at once rather than left in the backlog: the
+                    // client learns now, and the socket costs nothing.
+                    state.metrics.rejected("max_connections");
+                    tracing::debug!(client = %peer, "connection refused: limits.max_connections reached");
+                    drop(stream);
+                    continue;
+                };
+                let task = serve_connection(
+                    stream,
+                    slot,
+                    peer,
+                    builders.clone(),
+                    state.clone(),
+                    stop.clone(),
+                    graceful.watcher(),
+                );
+                tokio::spawn(task);
+            }
+            Err(e) => {
+                // Typically EMFILE/ENFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+pub(super) async fn serve_connection(
+    stream: TcpStream,
+    _slot: OpenSlot,
+    peer: SocketAddr,
+    builders: Arc<ConnBuilders>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+    watcher: DrainWatch,
+) {
+    let _ = stream.set_nodelay(true);
+    let _guard = state.metrics.downstream_connection();
+    if let Some(tls) = &builders.tls {
+        return serve_tls(stream, peer, tls, &builders, state, watcher).await;
+    }
+    let protocol = match (&builders.h1, &builders.h2) {
+        (Some(_), None) => Sniffed::Http1,
+        (None, Some(_)) => Sniffed::Http2,
+        _ => tokio::time::timeout(builders.header_read_timeout, sniff(&stream))
+            .await
+            .unwrap_or(Sniffed::Gone),
+    };
+    if !first_bytes(&stream, stop, builders.header_read_timeout).await {
+        return;
+    }
+    let shared = state.clone();
+    let ctx = Arc::new(
+        ConnCtx::new(state, peer, builders.limits.clone()).with_trusted(&builders.trusted),
+    );
+    let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
+    let io = TokioIo::new(stream);
+    let result = match (protocol, &builders.h1, &builders.h2) {
+        // With upgrades: a WebSocket handshake answered 101 hands the
+        // socket to its tunnel (`proxy::websocket`).
+        (Sniffed::Http1, Some(b), _) => {
+            watcher
+                .serve(b.serve_connection(io, service).with_upgrades())
+                .await
+        }
+        (Sniffed::Http2, _, Some(b)) => watcher.serve(b.serve_connection(io, service)).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        connection_error(&shared, peer, &e);
+    }
+}
+
+/// Counts and logs how a client connection failed: the limits hyper
+/// enforces itself show up here.
+pub(super) fn connection_error(state: &State, peer: SocketAddr, e: &hyper::Error) {
+    // hyper answers 431 for a head over the limits, and closes without an
+    // answer when the head does not arrive within the header timeout.
+    let reason = if e.is_parse_too_large() {
+        Some("header_too_large")
+    } else if e.is_timeout() {
+        Some("header_read_timeout")
+    } else if e.is_parse() {
+        Some("bad_request")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        state.metrics.rejected(reason);
+    }
+    tracing::debug!(client = %peer, reason = reason.unwrap_or("io"), error = %e, "client connection ended with an error");
+}
+
+/// Runs the TLS handshake (bounded by `limits.tls_handshake_timeout`), then
+/// serves the protocol ALPN settled on: HTTP/2 for `h2`, HTTP/1.1 otherwise
+/// (a client that offers no ALPN speaks HTTP/1.1).
+pub(super) async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &ServerTls,
+    builders: &ConnBuilders,
+    state: Arc<State>,
+    watcher: DrainWatch,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+    let handshake = acceptor.accept(stream);
+    let stream = match tokio::time::timeout(builders.tls_handshake_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            state.metrics.tls_handshake_failed(&builders.name);
+            tracing::debug!(client = %peer, listener = %builders.name, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.tls_handshake_failed(&builders.name);
+            tracing::debug!(client = %peer, listener = %builders.name, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let shared = state.clone();
+    let ctx = Arc::new(
+        ConnCtx::new(state, peer, builders.limits.clone())
+            .with_trusted(&builders.trusted)
+            .with_tls(TlsSession::of(session)),
+    );
+    let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
+    let io = TokioIo::new(stream);
+    let result = match (h2, &builders.h1, &builders.h2) {
+        (true, _, Some(b)) => watcher.serve(b.serve_connection(io, service)).await,
+        (false, Some(b), _) => {
+            watcher
+                .serve(b.serve_connection(io, service).with_upgrades())
+                .await
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        connection_error(&shared, peer, &e);
+    }
+}
+
+/// Waits for the client's first bytes. hyper closes, unanswered, a
+/// connection it has read nothing from when a graceful shutdown reaches it;
+/// a client that connected just before a drain or a handoff (to a socket
+/// that never stopped listening) would see its request fail. False when the
+/// client went away or sent nothing within `wait` (the header read
+/// timeout), or within `FIRST_BYTES_GRACE` of the drain.
+pub(super) async fn first_bytes(
+    stream: &TcpStream,
+    mut stop: watch::Receiver<bool>,
+    wait: Duration,
+) -> bool {
+    let data = async {
+        let mut byte = [0u8; 1];
+        matches!(stream.peek(&mut byte).await, Ok(n) if n > 0)
+    };
+    let drain = async {
+        let _ = stop.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(FIRST_BYTES_GRACE).await;
+    };
+    tokio::select! {
+        got = data => got,
+        () = drain => false,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
