@@ -155,7 +155,10 @@ impl Completion {
                     self.ctx.give_back(&u.target, conn);
                 }
             }
-            target_addr = Some(u.target.address.clone());
+            // Only the access log shows it: no copy without one.
+            if self.log.is_some() {
+                target_addr = Some(u.target.address.clone());
+            }
         } else if let Some((addr, elapsed)) = self.failed_target.take() {
             upstream_elapsed = Some(elapsed);
             target_addr = Some(addr);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::deadline::{within, Deadline};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -57,6 +57,11 @@ pub(super) const CONTENT_LENGTH_PRESENT: u16 = 1 << 12;
 pub(super) const LOOKALIKE_PRESENT: u16 = 1 << 13;
 /// Two bits where `scan` records a gRPC content type (`grpc_kind`).
 const GRPC_SHIFT: u16 = 10;
+/// Bit set by `scan` for a deadline header (`grpc-timeout`,
+/// `x-request-timeout`): without it the deadline lookups are skipped.
+pub(super) const DEADLINE_PRESENT: u16 = 1 << 14;
+/// Bit set by `scan` when the client sent an `x-request-id`.
+pub(super) const REQUEST_ID_PRESENT: u16 = 1 << 15;
 const GRPC_MASK: u16 = 3 << GRPC_SHIFT;
 
 /// One pass over the (few) headers: which hop-by-hop headers are present
@@ -81,6 +86,8 @@ pub(super) fn scan(headers: &HeaderMap) -> u16 {
             "proxy-authenticate" => 128,
             "x-forwarded-for" => XFF_PRESENT,
             "content-length" => CONTENT_LENGTH_PRESENT,
+            "grpc-timeout" | "x-request-timeout" => DEADLINE_PRESENT,
+            "x-request-id" => REQUEST_ID_PRESENT,
             "transfer_encoding" | "content_length" => LOOKALIKE_PRESENT,
             "content-type" => {
                 content_type = true;
@@ -141,20 +148,28 @@ fn strip_present(headers: &mut HeaderMap, mask: u16) {
         return;
     }
     if present & 1 != 0 {
-        // Names listed in Connection are hop-by-hop too.
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter(|v| {
-                let v = v.as_bytes();
-                !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close")
-            })
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
+        // Names listed in Connection are hop-by-hop too. Taking the values
+        // out with the entry hashes the name once; the common
+        // `keep-alive`/`close` lists nothing.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        if let Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            for value in entry.remove_entry_mult().1 {
+                let v = value.as_bytes();
+                if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+                    continue;
+                }
+                let Ok(v) = value.to_str() else { continue };
+                listed.extend(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|n| {
+                            !n.eq_ignore_ascii_case("keep-alive")
+                                && !n.eq_ignore_ascii_case("close")
+                        })
+                        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()),
+                );
+            }
+        }
         for name in listed {
             headers.remove(name);
         }
@@ -169,7 +184,8 @@ fn strip_present(headers: &mut HeaderMap, mask: u16) {
         &PROXY_CONNECTION,
         &header::PROXY_AUTHENTICATE,
     ];
-    for (i, name) in names.iter().enumerate() {
+    // Connection (bit 0) is gone already.
+    for (i, name) in names.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
             headers.remove(*name);
         }

@@ -74,7 +74,10 @@ async fn handle_request(
     let start = Instant::now();
     let snapshot = ctx.state.snapshot.load_full();
     let (parts, body) = req.into_parts();
-    let request_id = request_id(&parts);
+    // One walk over the header names serves the strictness checks, the
+    // lookups that only a present header needs, and forwarding later.
+    let mask = forward::scan(&parts.headers);
+    let request_id = request_id(&parts, mask);
     let mut done = Completion {
         ctx: ctx.clone(),
         snapshot: snapshot.clone(),
@@ -151,9 +154,6 @@ async fn handle_request(
         done.grpc = grpc::kind(&parts.headers);
         return Ok(local_error(e, &request_id, done));
     }
-    // One walk over the header names serves the strictness checks here
-    // and forwarding later.
-    let mask = forward::scan(&parts.headers);
     let host = match host.and_then(|h| strict::check(&parts, mask).map(|()| h)) {
         Ok(h) => h,
         Err(e) => {
@@ -240,7 +240,9 @@ async fn handle_request(
     let body_limit = route
         .max_request_body
         .unwrap_or(ctx.limits.max_request_body);
-    if content_length(&parts).is_some_and(|n| n > body_limit) {
+    if mask & forward::CONTENT_LENGTH_PRESENT != 0
+        && content_length(&parts).is_some_and(|n| n > body_limit)
+    {
         tracing::debug!(client = %ctx.client, route = %route.name, limit = body_limit, "request body too large (Content-Length)");
         ctx.state.metrics.rejected("body_too_large");
         done.grpc = grpc::kind(&parts.headers);
@@ -377,21 +379,20 @@ fn finish(
 }
 
 /// The client's `x-request-id` when it is usable, else a new random one.
-fn request_id(parts: &Parts) -> HeaderValue {
-    if let Some(v) = parts.headers.get(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() {
-            return v.clone();
+fn request_id(parts: &Parts, mask: u16) -> HeaderValue {
+    if mask & forward::REQUEST_ID_PRESENT != 0 {
+        if let Some(v) = parts.headers.get(&X_REQUEST_ID) {
+            if !v.is_empty() && v.len() <= 200 && v.to_str().is_ok() {
+                return v.clone();
+            }
         }
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    let n = fastrand::u128(..);
-    for (i, b) in buf.iter_mut().enumerate() {
-        let nibble = ((n >> (i * 4)) & 0xf) as u8;
-        *b = if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        };
+    let random = fastrand::u128(..).to_le_bytes();
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     // Reference-counted from the start: the id is cloned into the upstream
     // request and the response, and cloning a Vec-backed value would first

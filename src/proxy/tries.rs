@@ -81,7 +81,11 @@ pub(super) async fn run(
     let websocket = done.websocket == WebSocketStage::Requested;
 
     // The deadline: the route's, capped by what the caller will wait.
-    let incoming = deadline::incoming(&parts.headers);
+    let incoming = if mask & forward::DEADLINE_PRESENT != 0 {
+        deadline::incoming(&parts.headers)
+    } else {
+        None
+    };
     let mut total = deadline::effective(route.request_timeout, incoming).map(|t| {
         let at = tokio::time::Instant::from_std(done.start) + t;
         Deadline::new(at, done.ctx.take_timer())

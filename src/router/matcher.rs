@@ -134,22 +134,35 @@ impl<'a> Request<'a> {
 /// Reduces an authority or `Host` value to the bare host: drops userinfo, the
 /// port, IPv6 brackets and a trailing root dot. Never allocates.
 pub(super) fn normalize_host(authority: &str) -> &str {
-    let authority = match authority.rfind('@') {
-        Some(at) => &authority[at + 1..],
-        None => authority,
-    };
+    // One pass over the bytes: where the userinfo ends (the last `@`), and
+    // how many colons follow it and where the last one is. Every request is
+    // routed through here, and the searches of `str` cost a call each.
+    let bytes = authority.as_bytes();
+    let mut start = 0;
+    let mut colons = 0usize;
+    let mut last_colon = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        if c == b'@' {
+            start = i + 1;
+            colons = 0;
+        } else if c == b':' {
+            colons += 1;
+            last_colon = i;
+        }
+    }
+    let authority = &authority[start..];
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // IPv6 literal: the port, if any, follows the closing bracket.
         match rest.find(']') {
             Some(end) => &rest[..end],
             None => rest,
         }
+    } else if colons == 1 {
+        // One colon separates the port; more than one is an unbracketed
+        // IPv6 address, not a port.
+        &authority[..last_colon - start]
     } else {
-        match authority.rfind(':') {
-            // More than one colon is an unbracketed IPv6 address, not a port.
-            Some(colon) if !authority[..colon].contains(':') => &authority[..colon],
-            _ => authority,
-        }
+        authority
     };
     host.strip_suffix('.').unwrap_or(host)
 }

@@ -240,6 +240,10 @@ fn normalize_host_strips_port_including_ipv6() {
     assert_eq!(normalize_host("user@example.com:80"), "example.com");
     assert_eq!(normalize_host("[::1"), "::1");
     assert_eq!(normalize_host(""), "");
+    assert_eq!(normalize_host("u:p@example.com:80"), "example.com");
+    assert_eq!(normalize_host("example.com.:8080"), "example.com");
+    assert_eq!(normalize_host("fe80::1"), "fe80::1");
+    assert_eq!(normalize_host("u@[::1]:443"), "::1");
 }
 
 #[test]
