@@ -70,6 +70,24 @@ const GRPC_MASK: u16 = 3 << GRPC_SHIFT;
 /// gRPC's. Every later lookup or removal hashes; this lets the common
 /// message skip nearly all of them.
 pub(super) fn scan(headers: &HeaderMap) -> u16 {
+    let (mut mask, content_type) = scan_names(headers);
+    // Only requests with a body carry a content type: one lookup for them.
+    if content_type {
+        if let Some(value) = headers.get(header::CONTENT_TYPE) {
+            let kind = match GrpcKind::of(value.as_bytes()) {
+                None => 0,
+                Some(GrpcKind::Grpc) => 1,
+                Some(GrpcKind::Web) => 2,
+                Some(GrpcKind::WebText) => 3,
+            };
+            mask |= kind << GRPC_SHIFT;
+        }
+    }
+    mask
+}
+
+/// The name bits of `scan`, and whether a content type is present.
+fn scan_names(headers: &HeaderMap) -> (u16, bool) {
     let mut mask = 0u16;
     let mut content_type = false;
     // Names only (values are a second walk), one `match` so the compiler
@@ -97,19 +115,7 @@ pub(super) fn scan(headers: &HeaderMap) -> u16 {
             _ => 0,
         };
     }
-    // Only requests with a body carry a content type: one lookup for them.
-    if content_type {
-        if let Some(value) = headers.get(header::CONTENT_TYPE) {
-            let kind = match GrpcKind::of(value.as_bytes()) {
-                None => 0,
-                Some(GrpcKind::Grpc) => 1,
-                Some(GrpcKind::Web) => 2,
-                Some(GrpcKind::WebText) => 3,
-            };
-            mask |= kind << GRPC_SHIFT;
-        }
-    }
-    mask
+    (mask, content_type)
 }
 
 /// The gRPC kind `scan` found in the content type.
@@ -136,9 +142,9 @@ fn strip_client_cert_headers(headers: &mut HeaderMap) {
 
 /// Removes hop-by-hop headers. Only those `scan` found present pay for a
 /// hashing removal; a bare `Connection: keep-alive`, the common case, costs
-/// one removal.
+/// one removal. (A response's content type means nothing here.)
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mask = scan(headers);
+    let (mask, _) = scan_names(headers);
     strip_present(headers, mask);
 }
 
