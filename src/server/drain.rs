@@ -98,12 +98,14 @@ impl Drain {
 
 impl DrainWatch {
     /// Serves `conn` until it ends, asking it to finish once the drain
-    /// starts. It is polled once first: hyper then holds the bytes already
-    /// received, so a drain that has begun lets this connection's request
-    /// finish instead of closing it unanswered.
-    pub(crate) async fn serve<C>(mut self, mut conn: C) -> Result<(), hyper::Error>
+    /// starts or `end` resolves (the connection's own reasons: idle, or its
+    /// last request started). It is polled once first: hyper then holds the
+    /// bytes already received, so a drain that has begun lets this
+    /// connection's request finish instead of closing it unanswered.
+    pub(crate) async fn serve<C, E>(mut self, mut conn: C, end: E) -> Result<(), hyper::Error>
     where
         C: Drainable + Unpin,
+        E: Future<Output = ()>,
     {
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut conn).poll(cx))).await;
         if let Poll::Ready(result) = first {
@@ -114,6 +116,7 @@ impl DrainWatch {
             result = &mut conn => return result,
             // A dropped `Drain` drains as well.
             _ = self.rx.changed() => {}
+            () = end => {}
         }
         Pin::new(&mut conn).begin_drain();
         conn.await
