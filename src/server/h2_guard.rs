@@ -105,7 +105,7 @@ struct Budget {
     allowed: u64,
     /// Streams the client has opened.
     streams: u64,
-    /// Highest stream id the client has opened (for the GOAWAY).
+    /// Highest stream id the client has opened.
     last_stream: u32,
     /// Bytes written to the client.
     written: u64,
@@ -185,14 +185,14 @@ impl<S: AsyncWrite + Unpin> H2Guard<S> {
     /// Writes GOAWAY(ENHANCE_YOUR_CALM) if the socket takes all of it now,
     /// between two of hyper's frames; a client that reads nothing is closed
     /// without it.
-    fn say_goaway(&mut self, cx: &mut Context<'_>) {
+    fn say_goaway(&mut self, cx: &mut Context<'_>, last_stream: u32) {
         if !self.flushed {
             return;
         }
         let mut frame = [0u8; FRAME_HEADER_LEN + 8];
         frame[2] = 8;
         frame[3] = GOAWAY;
-        frame[9..13].copy_from_slice(&self.budget.last_stream.to_be_bytes());
+        frame[9..13].copy_from_slice(&last_stream.to_be_bytes());
         frame[13..17].copy_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
         if let Poll::Ready(Ok(n)) = Pin::new(&mut self.inner).poll_write(cx, &frame) {
             if n == frame.len() {
@@ -215,6 +215,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
+            // The last stream hyper may have acted on: none of the bytes
+            // read now reaches it if they overspend.
+            let delivered = this.budget.last_stream;
             let budget = &mut this.budget;
             let mut within = true;
             this.scan
@@ -226,7 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Guard<S> {
                 buf.set_filled(before);
                 this.tripped = true;
                 this.metrics.rejected(REASON);
-                this.say_goaway(cx);
+                this.say_goaway(cx, delivered);
                 return Poll::Ready(Err(flood()));
             }
         }
