@@ -249,8 +249,14 @@ fn get_headers(stream: u32, path: &[u8]) -> Vec<u8> {
 }
 
 /// Sends the preface and `requests`, then reads (acknowledging SETTINGS
-/// and PINGs as a real client does) until weir closes or `limit` passes.
-async fn h2_session(gw: &TestGateway, requests: &[(u32, &[u8])], limit: Duration) -> Seen {
+/// and PINGs as a real client does when `ack`) until weir closes or `limit`
+/// passes.
+async fn h2_session(
+    gw: &TestGateway,
+    requests: &[(u32, &[u8])],
+    limit: Duration,
+    ack: bool,
+) -> Seen {
     let sock = TcpStream::connect(gw.addr()).await.expect("connect");
     let (mut rd, mut wr) = sock.into_split();
     let mut out = h2_start();
@@ -263,12 +269,12 @@ async fn h2_session(gw: &TestGateway, requests: &[(u32, &[u8])], limit: Duration
     let mut seen = Seen::default();
     while let Some(f) = frames.next(&mut rd, deadline).await {
         match f.kind {
-            frame::SETTINGS if f.flags & frame::ACK == 0 => {
+            frame::SETTINGS if ack && f.flags & frame::ACK == 0 => {
                 let _ = wr
                     .write_all(&h2_frame(frame::SETTINGS, frame::ACK, 0, b""))
                     .await;
             }
-            frame::PING if f.flags & frame::ACK == 0 => {
+            frame::PING if ack && f.flags & frame::ACK == 0 => {
                 let _ = wr
                     .write_all(&h2_frame(frame::PING, frame::ACK, 0, &f.payload))
                     .await;
@@ -308,7 +314,7 @@ async fn an_idle_http2_connection_gets_goaway_after_keepalive_idle() {
     let (gw, up) = gateway("keepalive_idle: 1s", Duration::from_millis(1500)).await;
     // A stream open longer than keepalive_idle keeps the connection.
     let start = Instant::now();
-    let seen = h2_session(&gw, &[(1, b"/slow")], Duration::from_secs(8)).await;
+    let seen = h2_session(&gw, &[(1, b"/slow")], Duration::from_secs(8), true).await;
     let (ended, ok) = seen.ended[&1];
     assert!(ok, "{seen:?}");
     assert!(ended - start >= Duration::from_millis(1400), "{seen:?}");
@@ -330,6 +336,7 @@ async fn http2_ends_with_goaway_after_max_requests_and_streams_in_flight_finish(
         &gw,
         &[(1, b"/slow"), (3, b"/slow"), (5, b"/slow")],
         Duration::from_secs(8),
+        true,
     )
     .await;
     // GOAWAY comes once the third stream starts, before any answer.
@@ -352,4 +359,18 @@ async fn http2_ends_with_goaway_after_max_requests_and_streams_in_flight_finish(
     // A new connection is served as usual.
     let mut c = H2Client::connect(gw.addr()).await.expect("h2 handshake");
     assert_eq!(c.get("/a").await.status, 200);
+}
+
+#[tokio::test]
+async fn an_idle_http2_client_that_never_answers_the_goaway_is_dropped() {
+    let (gw, _up) = gateway("keepalive_idle: 1s", Duration::ZERO).await;
+    // No request, and no answer to weir's SETTINGS or its GOAWAY's PING.
+    let start = Instant::now();
+    let seen = h2_session(&gw, &[], Duration::from_secs(8), false).await;
+    let &(goaway, _, code) = seen.goaways.first().expect("a GOAWAY");
+    assert_eq!(code, NO_ERROR);
+    within_range(goaway - start, 900, 2500, "GOAWAY");
+    // Idle as long again after the GOAWAY: dropped.
+    let closed = seen.closed.expect("weir closed the connection");
+    within_range(closed - goaway, 900, 2500, "close after the GOAWAY");
 }

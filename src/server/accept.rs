@@ -287,13 +287,19 @@ async fn serve_http<S>(
         (false, Some(b), _) => {
             let io = TokioIo::new(H1Io::new(stream, ctx.clone(), &builders.h1_timeouts));
             let conn = b.serve_connection(io, service).with_upgrades();
-            watcher.serve(conn, std::future::pending()).await
+            watcher
+                .serve(conn, std::future::pending(), std::future::pending())
+                .await
         }
         (true, _, Some(b)) => {
             let io = TokioIo::new(H2Guard::new(stream, ctx.state.metrics.clone()));
             let conn = b.serve_connection(io, service);
+            // A client that never answers the GOAWAY's PING (nor closes)
+            // would hold the connection; once it has been idle that long
+            // again it is dropped. Streams in progress are never cut.
+            let idle = builders.keepalive_idle;
             watcher
-                .serve(conn, h2_idle(&ctx, builders.keepalive_idle))
+                .serve(conn, h2_idle(&ctx, idle, true), h2_idle(&ctx, idle, false))
                 .await
         }
         _ => Ok(()),

@@ -99,13 +99,21 @@ impl Drain {
 impl DrainWatch {
     /// Serves `conn` until it ends, asking it to finish once the drain
     /// starts or `end` resolves (the connection's own reasons: idle, or its
-    /// last request started). It is polled once first: hyper then holds the
-    /// bytes already received, so a drain that has begun lets this
-    /// connection's request finish instead of closing it unanswered.
-    pub(crate) async fn serve<C, E>(mut self, mut conn: C, end: E) -> Result<(), hyper::Error>
+    /// last request started); once asked, it is dropped if `abandon`
+    /// resolves first (a client that never completes the goodbye). It is
+    /// polled once first: hyper then holds the bytes already received, so a
+    /// drain that has begun lets this connection's request finish instead
+    /// of closing it unanswered.
+    pub(crate) async fn serve<C, E, A>(
+        mut self,
+        mut conn: C,
+        end: E,
+        abandon: A,
+    ) -> Result<(), hyper::Error>
     where
         C: Drainable + Unpin,
         E: Future<Output = ()>,
+        A: Future<Output = ()>,
     {
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut conn).poll(cx))).await;
         if let Poll::Ready(result) = first {
@@ -119,6 +127,9 @@ impl DrainWatch {
             () = end => {}
         }
         Pin::new(&mut conn).begin_drain();
-        conn.await
+        tokio::select! {
+            result = conn => result,
+            () = abandon => Ok(()),
+        }
     }
 }

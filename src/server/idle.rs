@@ -294,27 +294,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Io<S> {
 }
 
 /// Resolves when an HTTP/2 connection has had no request in progress for
-/// `keepalive_idle`, or has started the last request it may carry
+/// `keepalive_idle` (counted from now at the earliest), or, with `spent`,
+/// has started the last request it may carry
 /// (`limits.max_requests_per_connection`).
-pub(super) async fn h2_idle(ctx: &ConnCtx, keepalive_idle: Duration) {
+pub(super) async fn h2_idle(ctx: &ConnCtx, keepalive_idle: Duration, spent: bool) {
+    let start = Instant::now();
     let timer = tokio::time::sleep(keepalive_idle);
-    let spent = ctx.spent();
-    tokio::pin!(timer, spent);
+    let last = async {
+        if spent {
+            ctx.spent().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(timer, last);
     loop {
         tokio::select! {
             biased;
-            () = &mut spent => return,
+            () = &mut last => return,
             () = &mut timer => {}
         }
         let now = Instant::now();
         let next = match ctx.idle_since() {
             // Idleness can begin no earlier than now.
             None => now + keepalive_idle,
-            Some(since) if now >= since + keepalive_idle => {
+            Some(since) if now >= since.max(start) + keepalive_idle => {
                 tracing::debug!(client = %ctx.client, "idle HTTP/2 connection ended");
                 return;
             }
-            Some(since) => since + keepalive_idle,
+            Some(since) => since.max(start) + keepalive_idle,
         };
         timer.as_mut().reset(next.into());
     }
