@@ -4,8 +4,9 @@
 //!
 //! Owns the per-listener connection builders (hyper settings from
 //! `limits`) and which I/O wrapper each protocol is served through
-//! (`idle.rs`, `h2_guard.rs`). Must not touch the request pipeline (`proxy`) beyond handing
-//! it a `ConnCtx`, nor binding, reloads or upgrades (the parent module).
+//! (`idle.rs`, `h2_guard.rs`). Must not touch the request pipeline
+//! (`proxy`) beyond handing it a `ConnCtx`, nor binding, reloads or
+//! upgrades (the parent module).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -10,6 +10,12 @@
 //!   progress for `keepalive_idle`, or has started the last request it may
 //!   carry; the caller then ends it gracefully (GOAWAY).
 //!
+//! One approximation: bytes of a pipelined request that arrive while an
+//! earlier request is in progress are not seen as a head starting (hyper
+//! may hold them unparsed); if that head is still incomplete when the
+//! earlier response ends, it is bounded by `keepalive_idle` (from that end)
+//! rather than `header_read_timeout`, unless more of it arrives.
+//!
 //! Owns only the timing; whether a request is in progress, and when the
 //! last one ended, comes from the pipeline through `ConnCtx`. Must not
 //! parse HTTP (hyper does) nor write anything but the 408.
