@@ -12,6 +12,8 @@
 
 mod accept;
 mod drain;
+mod h2_guard;
+mod idle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! HTTP/2 floods (reliability guide §4.2): rapid reset (CVE-2023-44487),
-//! CONTINUATION without end, SETTINGS and PING floods, and streams beyond
+//! CONTINUATION without end, SETTINGS and PING floods (CVE-2019-9515,
+//! CVE-2019-9512: closed once the control-frame budget is spent, with
+//! GOAWAY(ENHANCE_YOUR_CALM) when the client reads), and streams beyond
 //! SETTINGS_MAX_CONCURRENT_STREAMS, each from a raw client bounded in frames
 //! and time. Each asserts what ends the attack (GOAWAY, a close, or the
 //! server no longer reading), that weir's memory (the resident set of this
@@ -268,10 +270,12 @@ async fn continuation_flood_is_cut_off() {
     bystander(gw.addr()).await;
 }
 
-/// Control frames that each ask for an answer, never read: weir may answer
-/// only as fast as the client reads, so it stops reading the connection
-/// (backpressure) instead of queueing answers without end.
-async fn control_flood(kind: u8, payload: &'static [u8], what: &str) {
+/// Control frames that each ask for an answer, 256 to a round. When `read`
+/// is false the answers are never read: weir could only stop reading
+/// (backpressure); it closes the connection once the control-frame budget
+/// (a few hundred frames up front) is spent. When the client reads, weir
+/// says GOAWAY(ENHANCE_YOUR_CALM) first.
+async fn control_flood(kind: u8, payload: &'static [u8], read: bool, what: &str) {
     let _serial = SERIAL.lock().await;
     let (_up, gw) = start().await;
     let rss = rss_kib();
@@ -279,25 +283,88 @@ async fn control_flood(kind: u8, payload: &'static [u8], what: &str) {
     let batch: Vec<u8> = (0..256)
         .flat_map(|_| h2_frame(kind, 0, 0, payload))
         .collect();
-    let ended = flood(gw.addr(), h2_start(), 4096, false, |_| batch.clone()).await;
+    let ended = flood(gw.addr(), h2_start(), 4096, read, |_| batch.clone()).await;
     side.await.unwrap();
+    if read {
+        assert_eq!(
+            ended.goaway,
+            Some(ENHANCE_YOUR_CALM),
+            "{what}: no GOAWAY(ENHANCE_YOUR_CALM): {ended:?}"
+        );
+    }
     assert!(
-        ended.stalled || ended.closed,
-        "{what}: weir kept reading {} frames without its answers being read: {ended:?}",
+        ended.closed && !ended.stalled,
+        "{what}: the connection was not closed after {} frames: {ended:?}",
         ended.rounds * 256
     );
+    // Cut off at once (what the client wrote meanwhile went into socket
+    // buffers), long before the flood's own end.
+    assert!(ended.elapsed < STALL, "{what}: {ended:?}");
+    gw.metric_reaches(
+        "weir_downstream_rejected_total",
+        &[("reason", "h2_control_flood")],
+        1.0,
+    )
+    .await;
     check_rss(rss, what);
     bystander(gw.addr()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settings_flood_is_bounded() {
-    control_flood(frame::SETTINGS, b"", "SETTINGS flood").await;
+async fn settings_flood_closes_the_connection() {
+    control_flood(frame::SETTINGS, b"", false, "SETTINGS flood").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ping_flood_is_bounded() {
-    control_flood(frame::PING, b"01234567", "PING flood").await;
+async fn ping_flood_closes_the_connection() {
+    control_flood(frame::PING, b"01234567", false, "PING flood").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_flood_read_by_the_client_gets_enhance_your_calm() {
+    control_flood(frame::SETTINGS, b"", true, "SETTINGS flood, answers read").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_flood_read_by_the_client_gets_enhance_your_calm() {
+    control_flood(frame::PING, b"01234567", true, "PING flood, answers read").await;
+}
+
+/// A client that pings along with its requests (keep-alives, bandwidth
+/// probes) is not cut off: the budget grows with the streams it opens.
+/// 90 requests with 7 PINGs each and a SETTINGS every tenth (639 control
+/// frames) are more than the budget's first 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_in_proportion_to_requests_are_within_the_budget() {
+    let _serial = SERIAL.lock().await;
+    let (up, gw) = start().await;
+    let ended = flood(gw.addr(), h2_start(), 90, true, |i| {
+        let mut v = get_headers(1 + 2 * i as u32, true);
+        for _ in 0..7 {
+            v.extend(h2_frame(frame::PING, 0, 0, b"01234567"));
+        }
+        if i % 10 == 0 {
+            v.extend(h2_frame(frame::SETTINGS, 0, 0, b""));
+        }
+        v
+    })
+    .await;
+    assert_eq!(ended.rounds, 90, "{ended:?}");
+    assert_eq!(ended.goaway, None, "{ended:?}");
+    assert!(!ended.closed, "{ended:?}");
+    eventually(IO_TIMEOUT, "every request upstream", || async {
+        flood_requests(&up) == 90
+    })
+    .await;
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "weir_downstream_rejected_total",
+            &[("reason", "h2_control_flood")]
+        ),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,9 +26,16 @@ pub struct Limits {
     /// Largest request body, unless the route sets its own; larger gets
     /// 413. Default `10MiB`.
     pub max_request_body: ByteSize,
-    /// How long a client may take to send a whole request head (HTTP/1.x);
-    /// the connection is then closed. Default `15s`.
+    /// How long a client may take from the first byte of a request head
+    /// to the complete head (HTTP/1.x), and, on a new connection, to send
+    /// its first bytes. A head cut short gets 408 `header_read_timeout`
+    /// and the connection is closed. Default `15s`.
     pub header_read_timeout: Duration,
+    /// How long a client connection may stay idle between requests: an
+    /// HTTP/1.x connection with no request in progress and no byte of the
+    /// next one is closed quietly; an HTTP/2 connection with no open stream
+    /// is ended with GOAWAY. Default `60s`.
+    pub keepalive_idle: Duration,
     /// How long a request body may go without a byte while weir waits for
     /// it; the request then gets 408 and the connection is closed. Default
     /// `30s`.
@@ -37,7 +44,9 @@ pub struct Limits {
     /// `10s`.
     pub tls_handshake_timeout: Duration,
     /// Requests served on one client connection before it is closed
-    /// (`Connection: close` on the last HTTP/1.1 response). Default `1000`.
+    /// (`Connection: close` on the last HTTP/1.1 response; on HTTP/2, GOAWAY
+    /// once that many streams have started, letting them finish). Default
+    /// `1000`.
     pub max_requests_per_connection: u64,
     /// Client connections open at once; connections beyond are accepted
     /// and closed at once. Default `10000`.
@@ -63,6 +72,7 @@ impl Default for Limits {
             max_headers: 100,
             max_request_body: ByteSize(10 << 20),
             header_read_timeout: Duration::from_secs(15),
+            keepalive_idle: Duration::from_secs(60),
             body_idle_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             max_requests_per_connection: 1000,
@@ -102,6 +112,7 @@ pub(crate) fn validate_limits(l: &Limits) -> Vec<(String, String)> {
     }
     for (key, d) in [
         ("header_read_timeout", l.header_read_timeout),
+        ("keepalive_idle", l.keepalive_idle),
         ("body_idle_timeout", l.body_idle_timeout),
         ("tls_handshake_timeout", l.tls_handshake_timeout),
     ] {
@@ -135,4 +146,31 @@ pub(crate) fn validate_limits(l: &Limits) -> Vec<(String, String)> {
         err("h2_max_header_list_size", "must be between 1 byte and 4GiB");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_idle_defaults_to_a_minute() {
+        assert_eq!(Limits::default().keepalive_idle, Duration::from_secs(60));
+        assert!(validate_limits(&Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn a_zero_keepalive_idle_is_refused() {
+        let l = Limits {
+            keepalive_idle: Duration::from_secs(0),
+            header_read_timeout: Duration::from_secs(0),
+            ..Limits::default()
+        };
+        let errors = validate_limits(&l);
+        let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["limits.header_read_timeout", "limits.keepalive_idle"]
+        );
+        assert!(errors.iter().all(|(_, m)| m == "must be greater than zero"));
+    }
 }

@@ -18,6 +18,7 @@ fn defaults_apply_when_the_block_is_absent() {
     assert_eq!(l.max_headers, 100);
     assert_eq!(l.max_request_body, ByteSize(10 * 1024 * 1024));
     assert_eq!(l.header_read_timeout, Duration::from_secs(15));
+    assert_eq!(l.keepalive_idle, Duration::from_secs(60));
     assert_eq!(l.body_idle_timeout, Duration::from_secs(30));
     assert_eq!(l.tls_handshake_timeout, Duration::from_secs(10));
     assert_eq!(l.max_requests_per_connection, 1000);
@@ -31,7 +32,7 @@ fn defaults_apply_when_the_block_is_absent() {
 #[test]
 fn keys_override_one_by_one_and_routes_set_their_own_body_limit() {
     let config = valid(&with_listener(
-        "limits: { max_request_body: 1MiB, header_read_timeout: 5s, max_connections: 50 }
+        "limits: { max_request_body: 1MiB, header_read_timeout: 5s, keepalive_idle: 2m, max_connections: 50 }
 routes:
   - name: upload
     direct_response: { status: 200 }
@@ -40,6 +41,7 @@ routes:
     ));
     assert_eq!(config.limits.max_request_body, ByteSize(1 << 20));
     assert_eq!(config.limits.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(config.limits.keepalive_idle, Duration::from_secs(120));
     assert_eq!(config.limits.max_connections, 50);
     assert_eq!(config.limits.max_headers, 100);
     assert_eq!(config.routes[0].max_request_body, Some(ByteSize(100 << 20)));
@@ -64,6 +66,7 @@ fn invalid_values_are_reported_with_their_path() {
   max_connections: 0
   h2_stream_window: 3GiB
   h2_connection_window: 1KiB
+  keepalive_idle: 0
 ",
         ),
         &[
@@ -78,6 +81,7 @@ fn invalid_values_are_reported_with_their_path() {
             ("limits.max_connections", 7, "greater than zero"),
             ("limits.h2_stream_window", 8, "between 1 and 2147483647"),
             ("limits.h2_connection_window", 9, "between 65535"),
+            ("limits.keepalive_idle", 10, "greater than zero"),
         ],
     );
 }

@@ -139,12 +139,27 @@ pub struct Completion {
     /// The client address taken from `X-Forwarded-For` when the peer is a
     /// trusted proxy (and its text); None: the peer is the client.
     pub forwarded_client: Option<Box<(std::net::IpAddr, HeaderValue)>>,
+    /// When `finish` ran; its drop then tells the connection without
+    /// reading the clock again.
+    pub ended_at: Option<Instant>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        // Also when the request is abandoned without `finish` (hyper drops
+        // the service future of a stream the client reset): the
+        // connection's idle timers must see it end.
+        self.ctx
+            .request_ended(self.ended_at.unwrap_or_else(Instant::now));
+    }
 }
 
 impl Completion {
     /// Runs the bookkeeping; see the module doc.
     pub fn finish(mut self, bytes_out: u64, complete: bool, body_error: Option<&'static str>) {
-        let elapsed = self.start.elapsed();
+        let now = Instant::now();
+        self.ended_at = Some(now);
+        let elapsed = now.saturating_duration_since(self.start);
         let mut upstream_elapsed = None;
         let mut target_addr = None;
         if let Some(u) = self.upstream.take() {

@@ -3,14 +3,18 @@
 //! a keep-alive client's next request most often goes to the same target, and
 //! then it reuses that connection without touching the target's pool. When the
 //! client connection closes, the cached connection returns to the pool.
+//! It also tells the connection's idle timers (`server`) whether a request
+//! is in progress and when the last one ended.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use hyper::client::conn::http1;
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use crate::state::State;
@@ -35,6 +39,14 @@ pub struct ConnCtx {
     /// `X-Forwarded-For` is then believed and extended.
     pub trusted: Option<Arc<TrustedProxies>>,
     requests: AtomicU64,
+    /// When the connection was accepted: the origin of `idle_since`.
+    origin: Instant,
+    /// Requests started whose response has not ended yet.
+    open: AtomicU32,
+    /// When a request last ended, in microseconds since `origin`.
+    idle_since: AtomicU64,
+    /// Woken when the last request this connection may carry starts.
+    spent: Notify,
     cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
@@ -52,6 +64,10 @@ impl ConnCtx {
             limits,
             trusted: None,
             requests: AtomicU64::new(0),
+            origin: Instant::now(),
+            open: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            spent: Notify::new(),
             cached: Mutex::new(None),
             timer: Mutex::new(None),
         }
@@ -62,6 +78,46 @@ impl ConnCtx {
     pub fn count_request(&self) -> bool {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         n >= self.limits.max_requests_per_connection
+    }
+
+    /// Requests counted so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request in progress; `request_ended` closes it (the
+    /// request's `Completion` does, however the response ends).
+    pub fn request_started(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks a request's response as ended at `at`.
+    pub fn request_ended(&self, at: Instant) {
+        let us = at.saturating_duration_since(self.origin).as_micros();
+        // Stored before the count drops, so that whoever sees no request
+        // open also sees when the last one ended.
+        self.idle_since
+            .fetch_max(u64::try_from(us).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Since when no request has been in progress; None while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let us = self.idle_since.load(Ordering::Relaxed);
+        Some(self.origin + Duration::from_micros(us))
+    }
+
+    /// Says that the last request this connection may carry has started.
+    pub fn mark_spent(&self) {
+        self.spent.notify_one();
+    }
+
+    /// Resolves once `mark_spent` has been called.
+    pub async fn spent(&self) {
+        self.spent.notified().await;
     }
 
     /// The same, with the trusted proxies: kept when the peer is one.

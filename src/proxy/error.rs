@@ -96,6 +96,17 @@ impl ProxyError {
         )
     }
 
+    /// 408: a request head was begun but not completed within
+    /// `limits.header_read_timeout`.
+    pub fn header_read_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            "header_read_timeout",
+            StatusCode::REQUEST_TIMEOUT,
+            Source::Downstream,
+            format!("the request head did not arrive within {timeout:?}"),
+        )
+    }
+
     /// 404: no route matches.
     pub fn route_not_found(method: &str, host: &str, path: &str) -> Self {
         Self::new(
@@ -265,6 +276,7 @@ impl ProxyError {
             "header_too_large" => "Request header too large",
             "body_too_large" => "Request body too large",
             "body_idle_timeout" => "Request body too slow",
+            "header_read_timeout" => "Request head too slow",
             _ => "Gateway error",
         }
     }

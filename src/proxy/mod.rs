@@ -47,6 +47,13 @@ use crate::upstream::hash_key;
 use complete::{Completion, LogFields, RequestTrace, TraceHead, WebSocketStage};
 use forward::X_REQUEST_ID;
 
+/// The whole HTTP/1.1 `408 header_read_timeout` response an HTTP/1.1
+/// connection writes when a request head it has begun does not complete
+/// within `timeout`. Built once per listener.
+pub fn head_timeout_response(timeout: std::time::Duration) -> bytes::Bytes {
+    respond::http1_bytes(&ProxyError::header_read_timeout(timeout))
+}
+
 /// Handles one request from a client connection. Never fails: every error
 /// becomes a response.
 pub async fn handle(
@@ -55,6 +62,11 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let last = ctx.count_request();
     let version = req.version();
+    if last && version == Version::HTTP_2 {
+        // The connection ends with GOAWAY; the streams it has started,
+        // this one included, finish first.
+        ctx.mark_spent();
+    }
     let mut resp = handle_request(ctx, req).await?;
     // hyper closes an HTTP/1.x connection after a response that says so.
     // After a body timeout the rest of the body may still come: the
@@ -78,6 +90,8 @@ async fn handle_request(
     // lookups that only a present header needs, and forwarding later.
     let mask = forward::scan(&parts.headers);
     let request_id = request_id(&parts, mask);
+    // Ended by the Completion's drop, however the response ends.
+    ctx.request_started();
     let mut done = Completion {
         ctx: ctx.clone(),
         snapshot: snapshot.clone(),
@@ -96,6 +110,7 @@ async fn handle_request(
         grpc: None,
         grpc_status: None,
         forwarded_client: None,
+        ended_at: None,
     };
     let host = request_host(&parts);
     if let Some(tracer) = &ctx.state.tracer {

@@ -30,6 +30,30 @@ pub fn problem(err: &ProxyError, request_id: &str) -> Response<ResponseBody> {
     resp
 }
 
+/// A whole HTTP/1.1 response, as bytes, for an error that happens before
+/// hyper has a request to hand over (the request head timed out): written
+/// by the connection's I/O wrapper itself, then the connection is closed.
+/// There is no request id to report.
+pub fn http1_bytes(err: &ProxyError) -> Bytes {
+    let body = serde_json::json!({
+        "type": format!("urn:weir:error:{}", err.code),
+        "title": err.title(),
+        "status": err.status.as_u16(),
+        "detail": err.detail,
+        "code": err.code,
+    });
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        err.status.as_u16(),
+        err.status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
 /// The gRPC answer for an error: HTTP 200 whose head carries
 /// `grpc-status` and `grpc-message` and ends the call (a "trailers-only"
 /// response), as gRPC and gRPC-Web clients expect; the message is the

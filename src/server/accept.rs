@@ -3,8 +3,10 @@
 //! connection with hyper under the drain watcher.
 //!
 //! Owns the per-listener connection builders (hyper settings from
-//! `limits`). Must not touch the request pipeline (`proxy`) beyond handing
-//! it a `ConnCtx`, nor binding, reloads or upgrades (the parent module).
+//! `limits`) and which I/O wrapper each protocol is served through
+//! (`idle.rs`, `h2_guard.rs`). Must not touch the request pipeline
+//! (`proxy`) beyond handing it a `ConnCtx`, nor binding, reloads or
+//! upgrades (the parent module).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,11 +16,14 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weir_config::{Limits, ListenerProtocol};
 
 use super::drain::{Drain, DrainWatch};
+use super::h2_guard::H2Guard;
+use super::idle::{h2_idle, H1Io, H1Timeouts};
 use crate::proxy::{self, ConnCtx, RequestLimits, TrustedProxies};
 use crate::state::State;
 use crate::tls::{ServerTls, TlsSession};
@@ -41,6 +46,10 @@ pub(super) struct ConnBuilders {
     tls_handshake_timeout: Duration,
     /// Also how long a new connection may take to send its first bytes.
     header_read_timeout: Duration,
+    /// HTTP/1.x keep-alive idle and head timeouts, and the 408.
+    h1_timeouts: H1Timeouts,
+    /// How long an HTTP/2 connection may go without an open stream.
+    keepalive_idle: Duration,
     limits: Arc<RequestLimits>,
     trusted: Arc<TrustedProxies>,
     open: Arc<OpenConnections>,
@@ -73,8 +82,10 @@ impl ConnBuilders {
             if limits.max_headers != HYPER_MAX_HEADERS {
                 b.max_headers(limits.max_headers);
             }
-            b.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout.get());
+            // The head and idle timeouts are `H1Io`'s: one timer per
+            // connection instead of one boxed timer per request head, and a
+            // 408 for a head cut short. Without a timer hyper arms none.
+            b.header_read_timeout(None);
             b
         });
         let h2 = (tls.is_some() || protocols.contains(&ListenerProtocol::H2c)).then(|| {
@@ -96,6 +107,12 @@ impl ConnBuilders {
             tls,
             tls_handshake_timeout: limits.tls_handshake_timeout.get(),
             header_read_timeout: limits.header_read_timeout.get(),
+            h1_timeouts: H1Timeouts {
+                keepalive_idle: limits.keepalive_idle.get(),
+                header_read: limits.header_read_timeout.get(),
+                reply: proxy::head_timeout_response(limits.header_read_timeout.get()),
+            },
+            keepalive_idle: limits.keepalive_idle.get(),
             limits: request_limits,
             trusted,
             open,
@@ -223,7 +240,8 @@ pub(super) async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let _guard = state.metrics.downstream_connection();
     if let Some(tls) = &builders.tls {
-        return serve_tls(stream, peer, tls, &builders, state, watcher).await;
+        let tls = tls.clone();
+        return serve_tls(stream, peer, &tls, builders, state, watcher).await;
     }
     let protocol = match (&builders.h1, &builders.h2) {
         (Some(_), None) => Sniffed::Http1,
@@ -232,40 +250,74 @@ pub(super) async fn serve_connection(
             .await
             .unwrap_or(Sniffed::Gone),
     };
+    let h2 = match protocol {
+        Sniffed::Http1 => false,
+        Sniffed::Http2 => true,
+        Sniffed::Gone => return,
+    };
     if !first_bytes(&stream, stop, builders.header_read_timeout).await {
         return;
     }
-    let shared = state.clone();
     let ctx = Arc::new(
         ConnCtx::new(state, peer, builders.limits.clone()).with_trusted(&builders.trusted),
     );
-    let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
-    let io = TokioIo::new(stream);
-    let result = match (protocol, &builders.h1, &builders.h2) {
+    serve_http(stream, h2, ctx, builders, watcher).await;
+}
+
+/// Serves a client connection with hyper, HTTP/2 when `h2` and HTTP/1.1
+/// otherwise, under the drain watcher: HTTP/1.1 through `H1Io` (keep-alive
+/// idle and head timeouts), HTTP/2 through `H2Guard` (control-frame
+/// budget), ended with GOAWAY when idle or spent (`h2_idle`).
+async fn serve_http<S>(
+    stream: S,
+    h2: bool,
+    ctx: Arc<ConnCtx>,
+    builders: Arc<ConnBuilders>,
+    watcher: DrainWatch,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let ctx = ctx.clone();
+        service_fn(move |req| proxy::handle(ctx.clone(), req))
+    };
+    let result = match (h2, &builders.h1, &builders.h2) {
         // With upgrades: a WebSocket handshake answered 101 hands the
-        // socket to its tunnel (`proxy::websocket`).
-        (Sniffed::Http1, Some(b), _) => {
+        // socket (still wrapped, its timers idle while the tunnel's request
+        // is in progress) to its tunnel (`proxy::websocket`).
+        (false, Some(b), _) => {
+            let io = TokioIo::new(H1Io::new(stream, ctx.clone(), &builders.h1_timeouts));
+            let conn = b.serve_connection(io, service).with_upgrades();
             watcher
-                .serve(b.serve_connection(io, service).with_upgrades())
+                .serve(conn, std::future::pending(), std::future::pending())
                 .await
         }
-        (Sniffed::Http2, _, Some(b)) => watcher.serve(b.serve_connection(io, service)).await,
+        (true, _, Some(b)) => {
+            let io = TokioIo::new(H2Guard::new(stream, ctx.state.metrics.clone()));
+            let conn = b.serve_connection(io, service);
+            // A client that never answers the GOAWAY's PING (nor closes)
+            // would hold the connection; once it has been idle that long
+            // again it is dropped. Streams in progress are never cut.
+            let idle = builders.keepalive_idle;
+            watcher
+                .serve(conn, h2_idle(&ctx, idle, true), h2_idle(&ctx, idle, false))
+                .await
+        }
         _ => Ok(()),
     };
     if let Err(e) = result {
-        connection_error(&shared, peer, &e);
+        connection_error(&ctx.state, ctx.client, &e);
     }
 }
 
 /// Counts and logs how a client connection failed: the limits hyper
 /// enforces itself show up here.
 pub(super) fn connection_error(state: &State, peer: SocketAddr, e: &hyper::Error) {
-    // hyper answers 431 for a head over the limits, and closes without an
-    // answer when the head does not arrive within the header timeout.
+    // hyper answers 431 for a head over the limits. The head timeout and
+    // the HTTP/2 flood guard count their own closes (`idle.rs`,
+    // `h2_guard.rs`); hyper sees them as I/O errors.
     let reason = if e.is_parse_too_large() {
         Some("header_too_large")
-    } else if e.is_timeout() {
-        Some("header_read_timeout")
     } else if e.is_parse() {
         Some("bad_request")
     } else {
@@ -284,7 +336,7 @@ pub(super) async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     tls: &ServerTls,
-    builders: &ConnBuilders,
+    builders: Arc<ConnBuilders>,
     state: Arc<State>,
     watcher: DrainWatch,
 ) {
@@ -305,26 +357,12 @@ pub(super) async fn serve_tls(
     };
     let (_, session) = stream.get_ref();
     let h2 = session.alpn_protocol() == Some(b"h2");
-    let shared = state.clone();
     let ctx = Arc::new(
         ConnCtx::new(state, peer, builders.limits.clone())
             .with_trusted(&builders.trusted)
             .with_tls(TlsSession::of(session)),
     );
-    let service = service_fn(move |req| proxy::handle(ctx.clone(), req));
-    let io = TokioIo::new(stream);
-    let result = match (h2, &builders.h1, &builders.h2) {
-        (true, _, Some(b)) => watcher.serve(b.serve_connection(io, service)).await,
-        (false, Some(b), _) => {
-            watcher
-                .serve(b.serve_connection(io, service).with_upgrades())
-                .await
-        }
-        _ => Ok(()),
-    };
-    if let Err(e) = result {
-        connection_error(&shared, peer, &e);
-    }
+    serve_http(stream, h2, ctx, builders, watcher).await;
 }
 
 /// Waits for the client's first bytes. hyper closes, unanswered, a

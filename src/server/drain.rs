@@ -98,12 +98,22 @@ impl Drain {
 
 impl DrainWatch {
     /// Serves `conn` until it ends, asking it to finish once the drain
-    /// starts. It is polled once first: hyper then holds the bytes already
-    /// received, so a drain that has begun lets this connection's request
-    /// finish instead of closing it unanswered.
-    pub(crate) async fn serve<C>(mut self, mut conn: C) -> Result<(), hyper::Error>
+    /// starts or `end` resolves (the connection's own reasons: idle, or its
+    /// last request started); once asked, it is dropped if `abandon`
+    /// resolves first (a client that never completes the goodbye). It is
+    /// polled once first: hyper then holds the bytes already received, so a
+    /// drain that has begun lets this connection's request finish instead
+    /// of closing it unanswered.
+    pub(crate) async fn serve<C, E, A>(
+        mut self,
+        mut conn: C,
+        end: E,
+        abandon: A,
+    ) -> Result<(), hyper::Error>
     where
         C: Drainable + Unpin,
+        E: Future<Output = ()>,
+        A: Future<Output = ()>,
     {
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut conn).poll(cx))).await;
         if let Poll::Ready(result) = first {
@@ -114,8 +124,12 @@ impl DrainWatch {
             result = &mut conn => return result,
             // A dropped `Drain` drains as well.
             _ = self.rx.changed() => {}
+            () = end => {}
         }
         Pin::new(&mut conn).begin_drain();
-        conn.await
+        tokio::select! {
+            result = conn => result,
+            () = abandon => Ok(()),
+        }
     }
 }

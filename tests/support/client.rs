@@ -465,6 +465,20 @@ fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
 }
 
 impl RawConn {
+    /// True when, for all of `d`, weir neither sends a byte nor closes the
+    /// connection.
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(d, self.stream.read(&mut chunk)).await {
+            Err(_) => true,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Ok(Err(_)) => false,
+        }
+    }
+
     /// The underlying socket.
     pub fn into_stream(self) -> TcpStream {
         self.stream
