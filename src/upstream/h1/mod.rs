@@ -145,7 +145,9 @@ impl Http1Conn {
             body_done = true;
         }
         let head_request = parts.method == Method::HEAD;
-        let replayable = !matches!(body, OutboundBody::Stream(_) | OutboundBody::Base64(_));
+        // A body that is already on its way with the head is never polled,
+        // so the request can be sent again as it is.
+        let replayable = body_done;
         let idempotent = matches!(
             parts.method,
             Method::GET
