@@ -178,7 +178,11 @@ impl Body for ResponseBody {
                 }
             }
             // The buffer holds nothing usable yet: read more.
-            match conn.poll_fill(cx) {
+            let expected = match this.decoder {
+                Decoder::Length(n) | Decoder::Chunked(Chunk::Data(n)) => n,
+                _ => 0,
+            };
+            match conn.poll_fill_expecting(cx, expected) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if this.decoder == Decoder::Close => {
                     this.decoder = Decoder::Done;

@@ -35,6 +35,8 @@ use head::{Framing, Head};
 
 /// Read buffer growth step: one read takes up to this much.
 const READ_CHUNK: usize = 8 * 1024;
+/// Largest single read reserved for a body of known length.
+const MAX_READ: usize = 64 * 1024;
 /// A known request body up to this size goes out in the head's write.
 const INLINE_BODY: usize = 16 * 1024;
 
@@ -322,8 +324,23 @@ impl Http1Conn {
     /// Reads once into the read buffer. Ready(Ok(0)) is the end of the
     /// stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf.reserve(READ_CHUNK);
+        self.poll_fill_expecting(cx, 0)
+    }
+
+    /// Reads once, with room for `expected` more bytes when that is known
+    /// (the rest of a body): a large body then comes in few reads, each
+    /// into a buffer of its own (earlier data is still held downstream).
+    fn poll_fill_expecting(
+        &mut self,
+        cx: &mut Context<'_>,
+        expected: u64,
+    ) -> Poll<io::Result<usize>> {
+        let want = usize::try_from(expected)
+            .unwrap_or(MAX_READ)
+            .clamp(READ_CHUNK, MAX_READ);
+        // With the buffer no longer shared, this reclaims it in place.
+        if self.read_buf.capacity() - self.read_buf.len() < want {
+            self.read_buf.reserve(want);
         }
         let read = std::pin::pin!(self.stream.read_buf(&mut self.read_buf));
         std::future::Future::poll(read, cx)
