@@ -229,7 +229,18 @@ impl Http1Conn {
                         flushed = false;
                         continue;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((written, Error::Io(e)))),
+                    Poll::Ready(Err(e)) => {
+                        // A target that answered and closed makes the write
+                        // fail; its answer is worth more than the error.
+                        if let Some(head) = self.salvage_head(cx) {
+                            return Poll::Ready(Ok(Sent {
+                                complete: false,
+                                written,
+                                early: Some(head),
+                            }));
+                        }
+                        return Poll::Ready(Err((written, Error::Io(e))));
+                    }
                     Poll::Pending => {}
                 }
             } else {
@@ -299,6 +310,25 @@ impl Http1Conn {
             }
         })
         .await
+    }
+
+    /// A response head already received (or receivable without waiting)
+    /// when writing the request failed.
+    fn salvage_head(&mut self, cx: &mut Context<'_>) -> Option<Head> {
+        // Bounded: each round either completes the head, fails, or adds
+        // bytes towards the head size limit.
+        for _ in 0..64 {
+            match head::parse(&mut self.read_buf) {
+                Ok(Some(head)) => return Some(head),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Reads until a final response head is complete. On failure, reports

@@ -363,6 +363,29 @@ async fn early_answer_to_a_large_upload_stops_the_upload() {
     assert!(body.take_reusable().is_none());
 }
 
+#[tokio::test]
+async fn an_answer_sent_before_the_target_closed_survives_the_failed_upload() {
+    let (a, mut server) = tokio::io::duplex(16 * 1024);
+    let conn = Http1Conn::new(Stream::Mem(a), None);
+    static BIG: [u8; 1 << 20] = [b'x'; 1 << 20];
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        let _ = server.read(&mut buf).await;
+        server
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Gone: the client's next write fails, the answer is still unread.
+        drop(server);
+    });
+    let resp = tokio::time::timeout(LIMIT, conn.send(request(Method::POST, Some(&BIG[..]))))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(resp.into_body().take_reusable().is_none());
+}
+
 /// A connection that has served one exchange, and the server side.
 async fn served_once() -> (Http1Conn, DuplexStream) {
     let (conn, mut server) = pair();
