@@ -20,9 +20,9 @@ use super::complete::Completion;
 use super::deadline::Deadline;
 use super::grpc;
 use super::grpc_web::WebEncoder;
+use crate::upstream::{h1, UpstreamBody};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use tokio::time::{Instant, Sleep};
 
@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug)]
 pub enum BodyError {
     /// The target reset or closed the connection mid-body.
-    Upstream(hyper::Error),
+    Upstream(h1::Error),
     /// The route's deadline passed mid-body.
     Timeout,
     /// The target sent nothing for longer than the route's idle timeout.
@@ -53,7 +53,7 @@ impl std::error::Error for BodyError {}
 
 enum Inner {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 /// The body of every response weir sends.
@@ -101,7 +101,7 @@ impl ResponseBody {
     /// The target's body, streamed, cut at `deadline` or after `idle`
     /// without a byte from the target.
     pub fn upstream(
-        body: Incoming,
+        body: UpstreamBody,
         deadline: Option<Deadline>,
         idle: Option<std::time::Duration>,
     ) -> Self {
@@ -360,7 +360,15 @@ impl Drop for ResponseBody {
             if let Some(timer) = self.deadline.take().and_then(Deadline::into_timer) {
                 c.ctx.recycle_timer(timer);
             }
+            let mut c = c;
             let complete = self.error.is_none() && (self.ended || self.is_end_stream());
+            if complete {
+                // The body read to its end frees its HTTP/1.1 connection
+                // for the next request.
+                if let (Inner::Upstream(body), Some(u)) = (&mut self.inner, c.upstream.as_mut()) {
+                    u.conn = body.take_reusable();
+                }
+            }
             c.finish(self.bytes, complete, self.error);
         }
     }

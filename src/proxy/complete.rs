@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, StatusCode};
-use hyper::client::conn::http1;
 
 use super::conn::ConnCtx;
 use super::grpc::{code, GrpcKind};
@@ -16,15 +15,16 @@ use crate::observe::access_log::{rfc3339, AccessRecord};
 use crate::observe::tracing::{FinishedSpan, ServerSpanFacts, TraceContext};
 use crate::policy::circuit_breaker::RequestPermit;
 use crate::snapshot::Snapshot;
-use crate::upstream::{OutboundBody, Target};
+use crate::upstream::{Http1Conn, Target};
 
 /// What a request used upstream.
 #[derive(Debug)]
 pub struct UpstreamUse {
     /// The target that served it (its in-flight count was incremented).
     pub target: Arc<Target>,
-    /// The HTTP/1.1 connection to give back once the body has been read.
-    pub conn: Option<http1::SendRequest<OutboundBody>>,
+    /// The HTTP/1.1 connection to give back, put here by the response
+    /// body when it ended with the connection reusable.
+    pub conn: Option<Http1Conn>,
     /// Time until response headers.
     pub elapsed: Duration,
     /// The upstream circuit breaker's request slot, held to the end.

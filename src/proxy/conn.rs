@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use hyper::client::conn::http1;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use crate::state::State;
 use crate::tls::TlsSession;
-use crate::upstream::{OutboundBody, Target};
+use crate::upstream::{Http1Conn, Target};
 
 /// Per client connection state.
 #[derive(Debug)]
@@ -47,7 +46,7 @@ pub struct ConnCtx {
     idle_since: AtomicU64,
     /// Woken when the last request this connection may carry starts.
     spent: Notify,
-    cached: Mutex<Option<(Arc<Target>, http1::SendRequest<OutboundBody>)>>,
+    cached: Mutex<Option<(Arc<Target>, Http1Conn)>>,
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
@@ -136,7 +135,7 @@ impl ConnCtx {
 
     /// Takes the cached connection if it goes to `target`; a cached
     /// connection to another target goes back to that target's pool.
-    pub fn take(&self, target: &Arc<Target>) -> Option<http1::SendRequest<OutboundBody>> {
+    pub fn take(&self, target: &Arc<Target>) -> Option<Http1Conn> {
         let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         match slot.take() {
             Some((t, sender)) if Arc::ptr_eq(&t, target) => Some(sender),
@@ -160,9 +159,9 @@ impl ConnCtx {
     /// Keeps a connection whose response has been fully read: cached when
     /// the slot is free (the common, sequential HTTP/1.1 case), otherwise
     /// pooled (concurrent HTTP/2 streams on one client connection).
-    pub fn give_back(&self, target: &Arc<Target>, sender: http1::SendRequest<OutboundBody>) {
+    pub fn give_back(&self, target: &Arc<Target>, sender: Http1Conn) {
         // max_idle 0 means no reuse at all, cached or pooled.
-        if sender.is_closed() || target.http1.max_idle() == 0 {
+        if target.http1.max_idle() == 0 {
             return;
         }
         let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());

@@ -10,15 +10,18 @@ use super::deadline::{within, Deadline};
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use weir_config::UpstreamProtocol;
 
 use super::conn::ConnCtx;
 use super::error::ProxyError;
 use super::grpc::GrpcKind;
 use crate::router::CompiledRoute;
-use crate::upstream::{ConnectError, Connection, OutboundBody, OutboundError, Target, UpstreamSet};
+use crate::upstream::h1::{self, SendError};
+use crate::upstream::{
+    ConnectError, Connection, Http1Conn, OutboundBody, OutboundError, Target, UpstreamBody,
+    UpstreamSet,
+};
 
 /// `x-request-id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -334,8 +337,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
 }
 
 /// Cleans the target's response head before it goes to the client.
-pub fn prepare_response(
-    resp: &mut Response<Incoming>,
+pub fn prepare_response<B>(
+    resp: &mut Response<B>,
     route: &CompiledRoute,
     request_id: &HeaderValue,
 ) {
@@ -350,18 +353,17 @@ pub fn prepare_response(
 
 /// The result of a successful exchange with a target.
 pub struct Exchange {
-    /// The target's response.
-    pub response: Response<Incoming>,
-    /// The HTTP/1.1 connection to give back once the body is read.
-    pub conn: Option<http1::SendRequest<OutboundBody>>,
+    /// The target's response. Its body owns an HTTP/1.1 connection until
+    /// the body ends (`UpstreamBody::take_reusable`).
+    pub response: Response<UpstreamBody>,
 }
 
 /// Sends `req` to `target`, reusing a connection when possible. Opening a
 /// connection is the cold path and is boxed, which keeps this future (and so
 /// every request's) small: it is moved on each request. A reused
-/// HTTP/1.1 connection that turns out to have been closed by the target before
-/// the request was written is replaced by a fresh one, once: the request never
-/// left weir, so this is safe for any method.
+/// HTTP/1.1 connection that turns out to have been closed by the target
+/// before the request could reach it is replaced by a fresh one, once (see
+/// `h1::SendError::Retry` for when that is safe).
 pub async fn send(
     ctx: Option<&ConnCtx>,
     set: &UpstreamSet,
@@ -371,35 +373,43 @@ pub async fn send(
     deadline: &mut Option<Deadline>,
 ) -> Result<Exchange, ProxyError> {
     match set.protocol {
+        // Only a WebSocket handshake keeps `Upgrade` past the hop-by-hop
+        // strip: it goes over a fresh hyper connection that can hand the
+        // stream to the tunnel.
+        UpstreamProtocol::Http1 if req.headers().contains_key(header::UPGRADE) => {
+            Box::pin(send_upgradeable(
+                set,
+                target,
+                req,
+                connect_timeout,
+                deadline,
+            ))
+            .await
+        }
         UpstreamProtocol::Http1 => {
-            let mut reused = true;
-            let mut sender = match reuse_http1(ctx, target).await {
-                Some(s) => s,
-                None => {
-                    reused = false;
-                    Box::pin(connect_http1(set, target, connect_timeout, deadline)).await?
-                }
+            let mut conn = match reuse_http1(ctx, target) {
+                Some(c) => c,
+                None => Box::pin(connect_http1(set, target, connect_timeout, deadline)).await?,
             };
+            let mut retried = false;
             loop {
-                match within(deadline, sender.try_send_request(req)).await {
+                match within(deadline, conn.send(req)).await {
                     None => return Err(timeout_error()),
                     Some(Ok(response)) => {
                         return Ok(Exchange {
-                            response,
-                            conn: Some(sender),
+                            response: response.map(UpstreamBody::H1),
                         })
                     }
-                    Some(Err(mut e)) => match e.take_message() {
-                        Some(back) if reused => {
-                            tracing::debug!(target = %target.address, "reused connection was closed; reconnecting");
-                            req = back;
-                            reused = false;
-                            sender =
-                                Box::pin(connect_http1(set, target, connect_timeout, deadline))
-                                    .await?;
-                        }
-                        _ => return Err(send_error(e.error())),
-                    },
+                    Some(Err(SendError::Retry(back, e))) if !retried => {
+                        tracing::debug!(target = %target.address, error = %e, "reused connection was closed; reconnecting");
+                        req = *back;
+                        retried = true;
+                        conn =
+                            Box::pin(connect_http1(set, target, connect_timeout, deadline)).await?;
+                    }
+                    Some(Err(SendError::Retry(_, e) | SendError::Failed(e))) => {
+                        return Err(send_error(&e))
+                    }
                 }
             }
         }
@@ -411,27 +421,47 @@ pub async fn send(
             match within(deadline, sender.send_request(req)).await {
                 None => Err(timeout_error()),
                 Some(Ok(response)) => Ok(Exchange {
-                    response,
-                    conn: None,
+                    response: response.map(UpstreamBody::Hyper),
                 }),
-                Some(Err(e)) => Err(send_error(&e)),
+                Some(Err(e)) => Err(send_error(&h1::Error::Hyper(e))),
             }
         }
     }
 }
 
-async fn reuse_http1(
-    ctx: Option<&ConnCtx>,
-    target: &Arc<Target>,
-) -> Option<http1::SendRequest<OutboundBody>> {
-    if let Some(mut s) = ctx.and_then(|c| c.take(target)) {
-        if s.ready().await.is_ok() {
-            return Some(s);
+/// A WebSocket handshake: a fresh hyper connection with upgrades, never
+/// pooled (after a 101 it belongs to the tunnel).
+async fn send_upgradeable(
+    set: &UpstreamSet,
+    target: &Target,
+    req: Request<OutboundBody>,
+    connect_timeout: Duration,
+    deadline: &mut Option<Deadline>,
+) -> Result<Exchange, ProxyError> {
+    let mut sender = match connect(set, target, connect_timeout, deadline, true).await? {
+        Connection::Upgradeable(s) => s,
+        _ => return Err(ProxyError::connect_failed("protocol mismatch")),
+    };
+    match within(deadline, sender.send_request(req)).await {
+        None => Err(timeout_error()),
+        Some(Ok(response)) => Ok(Exchange {
+            response: response.map(UpstreamBody::Hyper),
+        }),
+        Some(Err(e)) => Err(send_error(&h1::Error::Hyper(e))),
+    }
+}
+
+/// The connection cached for this client, else an idle one from the pool;
+/// one the target closed while idle is dropped.
+fn reuse_http1(ctx: Option<&ConnCtx>, target: &Arc<Target>) -> Option<Http1Conn> {
+    if let Some(mut c) = ctx.and_then(|c| c.take(target)) {
+        if c.is_idle_open() {
+            return Some(c);
         }
     }
-    while let Some(mut s) = target.http1.checkout() {
-        if s.ready().await.is_ok() {
-            return Some(s);
+    while let Some(mut c) = target.http1.checkout() {
+        if c.is_idle_open() {
+            return Some(c);
         }
     }
     None
@@ -442,10 +472,10 @@ async fn connect_http1(
     target: &Target,
     connect_timeout: Duration,
     deadline: &mut Option<Deadline>,
-) -> Result<http1::SendRequest<OutboundBody>, ProxyError> {
-    match connect(set, target, connect_timeout, deadline).await? {
-        Connection::Http1(s) => Ok(s),
-        Connection::Http2(_) => Err(ProxyError::connect_failed("protocol mismatch")),
+) -> Result<Http1Conn, ProxyError> {
+    match connect(set, target, connect_timeout, deadline, false).await? {
+        Connection::Http1(c) => Ok(c),
+        _ => Err(ProxyError::connect_failed("protocol mismatch")),
     }
 }
 
@@ -463,12 +493,12 @@ async fn connect_http2(
     if let Some(s) = target.http2.get() {
         return Ok(s);
     }
-    match connect(set, target, connect_timeout, deadline).await? {
+    match connect(set, target, connect_timeout, deadline, false).await? {
         Connection::Http2(s) => {
             target.http2.set(s.clone());
             Ok(s)
         }
-        Connection::Http1(_) => Err(ProxyError::connect_failed("protocol mismatch")),
+        _ => Err(ProxyError::connect_failed("protocol mismatch")),
     }
 }
 
@@ -477,8 +507,9 @@ async fn connect(
     target: &Target,
     connect_timeout: Duration,
     deadline: &mut Option<Deadline>,
+    upgrade: bool,
 ) -> Result<Connection, ProxyError> {
-    let fut = set.connect(target, connect_timeout);
+    let fut = set.connect(target, connect_timeout, upgrade);
     match within(deadline, fut).await {
         None => Err(timeout_error()),
         Some(Ok(c)) => Ok(c),
@@ -496,10 +527,10 @@ fn timeout_error() -> ProxyError {
     ProxyError::timeout("the route's request deadline passed before the upstream answered")
 }
 
-fn send_error(e: &hyper::Error) -> ProxyError {
+fn send_error(e: &h1::Error) -> ProxyError {
     // The client's own body failing (past its limit, stalled, a malformed
     // chunk, an early end) is the client's doing, not the target's.
-    let mut source = std::error::Error::source(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(cause) = source {
         match cause.downcast_ref::<OutboundError>() {
             Some(OutboundError::TooLarge(limit)) => return ProxyError::body_too_large(*limit),

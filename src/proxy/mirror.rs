@@ -115,7 +115,7 @@ async fn exchange(
                 }
             }
             if complete {
-                if let Some(conn) = exchange.conn {
+                if let Some(conn) = body.take_reusable() {
                     target.http1.checkin(conn);
                 }
             }

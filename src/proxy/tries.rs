@@ -352,8 +352,18 @@ pub(super) async fn run(
                     }
                     let mut response = exchange.response;
                     if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The upgraded connection belongs to the tunnel: its
-                        // request handle (`exchange.conn`) is dropped here,
+                        let (rparts, rbody) = response.into_parts();
+                        let Some(rbody) = rbody.into_hyper() else {
+                            return local_error(
+                                ProxyError::reset(
+                                    "the upgrade was not answered on an upgradeable connection",
+                                ),
+                                &request_id,
+                                done,
+                            );
+                        };
+                        let response = Response::from_parts(rparts, rbody);
+                        // The upgraded connection belongs to the tunnel:
                         // never cached or pooled.
                         done.upstream = Some(UpstreamUse {
                             target,
@@ -400,7 +410,7 @@ pub(super) async fn run(
                     }
                     done.upstream = Some(UpstreamUse {
                         target,
-                        conn: exchange.conn,
+                        conn: None,
                         elapsed,
                         permit,
                     });

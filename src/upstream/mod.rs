@@ -5,8 +5,10 @@
 
 pub mod balancer;
 pub mod body;
+pub mod h1;
 pub mod health;
 pub mod pool;
+pub mod response;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,7 +27,9 @@ use crate::policy::outlier::{Observation, OutlierDetector, OutlierSettings};
 use crate::tls::ClientTls;
 pub use balancer::{hash_key, Balancer};
 pub use body::{decode_chunk as decode_base64_chunk, OutboundBody, OutboundError};
+pub use h1::Http1Conn;
 use pool::{Http1Pool, Http2Pool};
+pub use response::UpstreamBody;
 
 /// How often idle connections are swept and hostnames re-resolved.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
@@ -73,7 +77,7 @@ pub struct Target {
     /// requests, in-flight ones finish.
     pub draining: AtomicBool,
     /// Idle HTTP/1.1 connections.
-    pub http1: Http1Pool<OutboundBody>,
+    pub http1: Http1Pool,
     /// Shared HTTP/2 connection.
     pub http2: Http2Pool<OutboundBody>,
     /// State from active health checks.
@@ -87,8 +91,11 @@ pub struct Target {
 /// A usable connection to a target.
 #[derive(Debug)]
 pub enum Connection {
-    /// HTTP/1.1: one request at a time.
-    Http1(http1::SendRequest<OutboundBody>),
+    /// HTTP/1.1 through weir's codec: one request at a time.
+    Http1(Http1Conn),
+    /// HTTP/1.1 through hyper, able to upgrade (a WebSocket handshake);
+    /// never pooled.
+    Upgradeable(http1::SendRequest<OutboundBody>),
     /// HTTP/2: multiplexed; clones share the connection.
     Http2(http2::SendRequest<OutboundBody>),
 }
@@ -247,10 +254,13 @@ impl UpstreamSet {
     }
 
     /// Opens a new connection to `target`, counting failures in metrics.
+    /// `upgrade`: an HTTP/1.1 connection that can be handed over after a
+    /// 101 (hyper's), for a WebSocket handshake.
     pub async fn connect(
         &self,
         target: &Target,
         timeout: Duration,
+        upgrade: bool,
     ) -> Result<Connection, ConnectError> {
         // While connecting, the request holds a pending slot; the open
         // connection then holds a connection slot for as long as it lives.
@@ -263,7 +273,7 @@ impl UpstreamSet {
             None => (None, None),
         };
         let result = target
-            .connect(self.protocol, self.tls.as_ref(), timeout, permit)
+            .connect(self.protocol, self.tls.as_ref(), timeout, permit, upgrade)
             .await;
         match &result {
             Ok(_) => self.metrics.connections_opened.inc(),
@@ -450,6 +460,7 @@ impl Target {
         tls: Option<&ClientTls>,
         timeout: Duration,
         permit: Option<ConnectionPermit>,
+        upgrade: bool,
     ) -> Result<Connection, ConnectError> {
         let addr = self
             .addr()
@@ -462,7 +473,15 @@ impl Target {
         };
         // Small requests must not wait for Nagle's delayed-ACK dance.
         let _ = stream.set_nodelay(true);
+        // weir's own codec serves plain HTTP/1.1 exchanges; hyper the rest.
+        let own = !protocol.is_http2() && !upgrade;
         let Some(tls) = tls else {
+            if own {
+                return Ok(Connection::Http1(Http1Conn::new(
+                    h1::Stream::Tcp(stream),
+                    permit,
+                )));
+            }
             return handshake(TokioIo::new(stream), protocol, addr, permit).await;
         };
         // The connect timeout covers the TLS handshake too.
@@ -472,6 +491,10 @@ impl Target {
             Ok(Err(source)) => return Err(ConnectError::Tls { addr, source }),
             Ok(Ok(s)) => s,
         };
+        if own {
+            let stream = h1::Stream::Tls(Box::new(stream));
+            return Ok(Connection::Http1(Http1Conn::new(stream, permit)));
+        }
         handshake(TokioIo::new(stream), protocol, addr, permit).await
     }
 }
@@ -514,7 +537,7 @@ where
             tracing::debug!(%addr, error = %e, "upstream connection ended");
         }
     });
-    Ok(Connection::Http1(sender))
+    Ok(Connection::Upgradeable(sender))
 }
 
 /// Starts the background work of freshly built upstreams: connection

@@ -12,23 +12,25 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
+
+use super::h1::Http1Conn;
 
 /// Idle HTTP/1.1 connections of one target.
 #[derive(Debug)]
-pub struct Http1Pool<B> {
-    idle: Mutex<VecDeque<Idle<B>>>,
+pub struct Http1Pool {
+    idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 #[derive(Debug)]
-struct Idle<B> {
-    sender: http1::SendRequest<B>,
+struct Idle {
+    conn: Http1Conn,
     since: Instant,
 }
 
-impl<B> Http1Pool<B> {
+impl Http1Pool {
     /// An empty pool keeping at most `max_idle` connections for `idle_timeout`.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Http1Pool {
@@ -38,25 +40,25 @@ impl<B> Http1Pool<B> {
         }
     }
 
-    /// Takes the most recently returned connection that is still open. The
-    /// caller awaits its readiness: a connection is returned as soon as its
-    /// response body ended, possibly a moment before its task marks it idle.
-    pub fn checkout(&self) -> Option<http1::SendRequest<B>> {
+    /// Takes the most recently returned connection that has not expired.
+    /// The caller checks that the target has not closed it meanwhile
+    /// (`Http1Conn::is_idle_open`), outside the lock.
+    pub fn checkout(&self) -> Option<Http1Conn> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(entry) = idle.pop_back() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
-                return Some(entry.sender);
+            if now.duration_since(entry.since) < self.idle_timeout {
+                return Some(entry.conn);
             }
-            // Closed or stale: dropping the sender lets its connection task end.
+            // Stale: dropping it closes it.
         }
         None
     }
 
     /// Returns a connection whose last response has been fully read; it is
-    /// dropped (closed) when the pool is full or the connection has closed.
-    pub fn checkin(&self, sender: http1::SendRequest<B>) {
-        if self.max_idle == 0 || sender.is_closed() {
+    /// dropped (closed) when the pool keeps no connections.
+    pub fn checkin(&self, conn: Http1Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -65,16 +67,19 @@ impl<B> Http1Pool<B> {
             idle.pop_front();
         }
         idle.push_back(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
-    /// Closes connections idle for longer than the idle timeout.
+    /// Closes connections idle for longer than the idle timeout, and those
+    /// the target has closed.
     pub fn evict_expired(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < self.idle_timeout);
+        idle.retain_mut(|e| {
+            now.duration_since(e.since) < self.idle_timeout && e.conn.is_idle_open()
+        });
     }
 
     /// Number of idle connections.
