@@ -2,7 +2,7 @@
 //! after `limits.keepalive_idle` (quietly on HTTP/1.1, with GOAWAY on
 //! HTTP/2), a request in progress is never cut by it, a head begun but not
 //! finished within `header_read_timeout` gets 408 (cleartext and TLS), and
-//! an HTTP/2 connection ends with GOAWAY after `max_requests_per_connection`
+//! an HTTP/2 connection ends with GOAWAY after `h2_max_requests_per_connection`
 //! streams while the streams in flight finish.
 
 mod parsing_support;
@@ -330,7 +330,11 @@ async fn an_idle_http2_connection_gets_goaway_after_keepalive_idle() {
 
 #[tokio::test]
 async fn http2_ends_with_goaway_after_max_requests_and_streams_in_flight_finish() {
-    let (gw, up) = gateway("max_requests_per_connection: 3", Duration::from_millis(500)).await;
+    let (gw, up) = gateway(
+        "h2_max_requests_per_connection: 3",
+        Duration::from_millis(500),
+    )
+    .await;
     let start = Instant::now();
     let seen = h2_session(
         &gw,

@@ -43,11 +43,14 @@ pub struct Limits {
     /// How long a TLS client may take to complete the handshake. Default
     /// `10s`.
     pub tls_handshake_timeout: Duration,
-    /// Requests served on one client connection before it is closed
-    /// (`Connection: close` on the last HTTP/1.1 response; on HTTP/2, GOAWAY
-    /// once that many streams have started, letting them finish). Default
-    /// `1000`.
+    /// Requests served on one HTTP/1.x client connection before it is
+    /// closed (`Connection: close` on the last response). Default `1000`.
     pub max_requests_per_connection: u64,
+    /// Streams served on one HTTP/2 client connection before it is ended
+    /// with GOAWAY once the last has started, letting those in flight
+    /// finish. Default: no cap, as an HTTP/2 connection multiplexes and
+    /// not every client opens a new one after a GOAWAY.
+    pub h2_max_requests_per_connection: Option<u64>,
     /// Client connections open at once; connections beyond are accepted
     /// and closed at once. Default `10000`.
     pub max_connections: usize,
@@ -76,6 +79,7 @@ impl Default for Limits {
             body_idle_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
             max_requests_per_connection: 1000,
+            h2_max_requests_per_connection: None,
             max_connections: 10_000,
             h2_max_concurrent_streams: 100,
             h2_stream_window: ByteSize(64 << 10),
@@ -125,6 +129,12 @@ pub(crate) fn validate_limits(l: &Limits) -> Vec<(String, String)> {
     }
     if l.max_connections == 0 {
         err("max_connections", "must be greater than zero");
+    }
+    if l.h2_max_requests_per_connection == Some(0) {
+        err(
+            "h2_max_requests_per_connection",
+            "must be greater than zero",
+        );
     }
     if l.h2_max_concurrent_streams == 0 {
         err("h2_max_concurrent_streams", "must be greater than zero");

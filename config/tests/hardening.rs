@@ -22,6 +22,7 @@ fn defaults_apply_when_the_block_is_absent() {
     assert_eq!(l.body_idle_timeout, Duration::from_secs(30));
     assert_eq!(l.tls_handshake_timeout, Duration::from_secs(10));
     assert_eq!(l.max_requests_per_connection, 1000);
+    assert_eq!(l.h2_max_requests_per_connection, None);
     assert_eq!(l.max_connections, 10_000);
     assert_eq!(l.h2_max_concurrent_streams, 100);
     assert_eq!(l.h2_stream_window, ByteSize(64 * 1024));
@@ -67,6 +68,7 @@ fn invalid_values_are_reported_with_their_path() {
   h2_stream_window: 3GiB
   h2_connection_window: 1KiB
   keepalive_idle: 0
+  h2_max_requests_per_connection: 0
 ",
         ),
         &[
@@ -82,6 +84,11 @@ fn invalid_values_are_reported_with_their_path() {
             ("limits.h2_stream_window", 8, "between 1 and 2147483647"),
             ("limits.h2_connection_window", 9, "between 65535"),
             ("limits.keepalive_idle", 10, "greater than zero"),
+            (
+                "limits.h2_max_requests_per_connection",
+                11,
+                "greater than zero",
+            ),
         ],
     );
 }

@@ -73,10 +73,17 @@ impl ConnCtx {
     }
 
     /// Counts a request; true when it is the last one this connection may
-    /// carry (`limits.max_requests_per_connection`).
-    pub fn count_request(&self) -> bool {
+    /// carry (`limits.max_requests_per_connection`, or on HTTP/2
+    /// `limits.h2_max_requests_per_connection`).
+    pub fn count_request(&self, h2: bool) -> bool {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        n >= self.limits.max_requests_per_connection
+        if h2 {
+            self.limits
+                .h2_max_requests_per_connection
+                .is_some_and(|max| n >= max)
+        } else {
+            n >= self.limits.max_requests_per_connection
+        }
     }
 
     /// Requests counted so far.
@@ -184,8 +191,10 @@ pub struct RequestLimits {
     pub max_header_field: usize,
     /// Largest request body when the route sets none, in bytes.
     pub max_request_body: u64,
-    /// Requests per connection.
+    /// Requests per HTTP/1.x connection.
     pub max_requests_per_connection: u64,
+    /// Streams per HTTP/2 connection, when capped.
+    pub h2_max_requests_per_connection: Option<u64>,
     /// How long a request body may go without a byte.
     pub body_idle_timeout: std::time::Duration,
 }
@@ -200,6 +209,7 @@ impl RequestLimits {
                 .unwrap_or(usize::MAX),
             max_request_body: limits.max_request_body.bytes(),
             max_requests_per_connection: limits.max_requests_per_connection,
+            h2_max_requests_per_connection: limits.h2_max_requests_per_connection,
             body_idle_timeout: limits.body_idle_timeout.get(),
         }
     }

@@ -60,8 +60,8 @@ pub async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let last = ctx.count_request();
     let version = req.version();
+    let last = ctx.count_request(version == Version::HTTP_2);
     if last && version == Version::HTTP_2 {
         // The connection ends with GOAWAY; the streams it has started,
         // this one included, finish first.

@@ -302,7 +302,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Io<S> {
 /// Resolves when an HTTP/2 connection has had no request in progress for
 /// `keepalive_idle` (counted from now at the earliest), or, with `spent`,
 /// has started the last request it may carry
-/// (`limits.max_requests_per_connection`).
+/// (`limits.h2_max_requests_per_connection`).
 pub(super) async fn h2_idle(ctx: &ConnCtx, keepalive_idle: Duration, spent: bool) {
     let start = Instant::now();
     let timer = tokio::time::sleep(keepalive_idle);
