@@ -130,7 +130,9 @@ async fn decide(
             if let Some(k) = key {
                 full.push_str(&String::from_utf8_lossy(k));
             }
-            match redis.admit(&full, &limiter.spec).await {
+            // Boxed: the Redis exchange is a large future, and every
+            // request's state would otherwise carry its size.
+            match Box::pin(redis.admit(&full, &limiter.spec)).await {
                 Ok(d) => Some(d),
                 Err(e) => {
                     let deny = limiter.on_backend_error == OnBackendError::Deny;

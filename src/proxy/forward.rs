@@ -364,66 +364,70 @@ pub struct Exchange {
 /// HTTP/1.1 connection that turns out to have been closed by the target
 /// before the request could reach it is replaced by a fresh one, once (see
 /// `h1::SendError::Retry` for when that is safe).
-pub async fn send(
-    ctx: Option<&ConnCtx>,
-    set: &UpstreamSet,
-    target: &Arc<Target>,
+// Not an `async fn`, so that `req` is stored once (see `tries::run`).
+#[allow(clippy::manual_async_fn)]
+pub fn send<'a>(
+    ctx: Option<&'a ConnCtx>,
+    set: &'a UpstreamSet,
+    target: &'a Arc<Target>,
     mut req: Request<OutboundBody>,
     connect_timeout: Duration,
-    deadline: &mut Option<Deadline>,
-) -> Result<Exchange, ProxyError> {
-    match set.protocol {
-        // Only a WebSocket handshake keeps `Upgrade` past the hop-by-hop
-        // strip: it goes over a fresh hyper connection that can hand the
-        // stream to the tunnel.
-        UpstreamProtocol::Http1 if req.headers().contains_key(header::UPGRADE) => {
-            Box::pin(send_upgradeable(
-                set,
-                target,
-                req,
-                connect_timeout,
-                deadline,
-            ))
-            .await
-        }
-        UpstreamProtocol::Http1 => {
-            let mut conn = match reuse_http1(ctx, target) {
-                Some(c) => c,
-                None => Box::pin(connect_http1(set, target, connect_timeout, deadline)).await?,
-            };
-            let mut retried = false;
-            loop {
-                match within(deadline, conn.send(req)).await {
-                    None => return Err(timeout_error()),
-                    Some(Ok(response)) => {
-                        return Ok(Exchange {
-                            response: response.map(UpstreamBody::H1),
-                        })
-                    }
-                    Some(Err(SendError::Retry(back, e))) if !retried => {
-                        tracing::debug!(target = %target.address, error = %e, "reused connection was closed; reconnecting");
-                        req = *back;
-                        retried = true;
-                        conn =
-                            Box::pin(connect_http1(set, target, connect_timeout, deadline)).await?;
-                    }
-                    Some(Err(SendError::Retry(_, e) | SendError::Failed(e))) => {
-                        return Err(send_error(&e))
+    deadline: &'a mut Option<Deadline>,
+) -> impl std::future::Future<Output = Result<Exchange, ProxyError>> + 'a {
+    async move {
+        match set.protocol {
+            // Only a WebSocket handshake keeps `Upgrade` past the hop-by-hop
+            // strip: it goes over a fresh hyper connection that can hand the
+            // stream to the tunnel.
+            UpstreamProtocol::Http1 if req.headers().contains_key(header::UPGRADE) => {
+                Box::pin(send_upgradeable(
+                    set,
+                    target,
+                    req,
+                    connect_timeout,
+                    deadline,
+                ))
+                .await
+            }
+            UpstreamProtocol::Http1 => {
+                let mut conn = match reuse_http1(ctx, target) {
+                    Some(c) => c,
+                    None => Box::pin(connect_http1(set, target, connect_timeout, deadline)).await?,
+                };
+                let mut retried = false;
+                loop {
+                    match within(deadline, conn.send(req)).await {
+                        None => return Err(timeout_error()),
+                        Some(Ok(response)) => {
+                            return Ok(Exchange {
+                                response: response.map(UpstreamBody::H1),
+                            })
+                        }
+                        Some(Err(SendError::Retry(back, e))) if !retried => {
+                            tracing::debug!(target = %target.address, error = %e, "reused connection was closed; reconnecting");
+                            req = *back;
+                            retried = true;
+                            conn = Box::pin(connect_http1(set, target, connect_timeout, deadline))
+                                .await?;
+                        }
+                        Some(Err(SendError::Retry(_, e) | SendError::Failed(e))) => {
+                            return Err(send_error(&e))
+                        }
                     }
                 }
             }
-        }
-        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
-            let mut sender = match target.http2.get() {
-                Some(s) => s,
-                None => Box::pin(connect_http2(set, target, connect_timeout, deadline)).await?,
-            };
-            match within(deadline, sender.send_request(req)).await {
-                None => Err(timeout_error()),
-                Some(Ok(response)) => Ok(Exchange {
-                    response: response.map(UpstreamBody::Hyper),
-                }),
-                Some(Err(e)) => Err(send_error(&h1::Error::Hyper(e))),
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                let mut sender = match target.http2.get() {
+                    Some(s) => s,
+                    None => Box::pin(connect_http2(set, target, connect_timeout, deadline)).await?,
+                };
+                match within(deadline, sender.send_request(req)).await {
+                    None => Err(timeout_error()),
+                    Some(Ok(response)) => Ok(Exchange {
+                        response: response.map(UpstreamBody::Hyper),
+                    }),
+                    Some(Err(e)) => Err(send_error(&h1::Error::Hyper(e))),
+                }
             }
         }
     }

@@ -10,9 +10,11 @@
 //! it is counted by `proxy::Tunnels`.
 
 use std::error::Error as StdError;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Poll;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use hyper::body::{Body, Incoming};
 use hyper::rt::bounds::Http2ServerConnExec;
@@ -27,12 +29,16 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 #[derive(Debug)]
 pub(crate) struct Drain {
     tx: watch::Sender<()>,
+    // Set before the signal is sent: lets a connection check for it with
+    // one load on each wakeup instead of polling the channel (a lock).
+    draining: Arc<AtomicBool>,
 }
 
 /// One connection's view of the drain; counted while it lives.
 #[derive(Debug)]
 pub(crate) struct DrainWatch {
     rx: watch::Receiver<()>,
+    draining: Arc<AtomicBool>,
 }
 
 /// A hyper server connection that can be asked to finish gracefully.
@@ -72,7 +78,15 @@ impl Default for Drain {
     fn default() -> Self {
         Drain {
             tx: watch::channel(()).0,
+            draining: Arc::new(AtomicBool::new(false)),
         }
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        // A dropped `Drain` drains as well.
+        self.draining.store(true, Ordering::Release);
     }
 }
 
@@ -81,6 +95,7 @@ impl Drain {
     pub(crate) fn watcher(&self) -> DrainWatch {
         DrainWatch {
             rx: self.tx.subscribe(),
+            draining: self.draining.clone(),
         }
     }
 
@@ -91,6 +106,7 @@ impl Drain {
 
     /// Asks every watched connection to finish, and returns once all have.
     pub(crate) async fn run(self) {
+        self.draining.store(true, Ordering::Release);
         let _ = self.tx.send(());
         self.tx.closed().await;
     }
@@ -105,7 +121,7 @@ impl DrainWatch {
     /// drain that has begun lets this connection's request finish instead
     /// of closing it unanswered.
     pub(crate) async fn serve<C, E, A>(
-        mut self,
+        self,
         mut conn: C,
         end: E,
         abandon: A,
@@ -119,12 +135,35 @@ impl DrainWatch {
         if let Poll::Ready(result) = first {
             return result;
         }
-        tokio::select! {
-            biased;
-            result = &mut conn => return result,
-            // A dropped `Drain` drains as well.
-            _ = self.rx.changed() => {}
-            () = end => {}
+        let DrainWatch { mut rx, draining } = self;
+        let mut changed = pin!(rx.changed());
+        let mut end = pin!(end);
+        // The waker the drain signal holds. Polling the signal takes a
+        // lock, so it is polled only to register a new waker or once the
+        // flag says it has fired, not on every wakeup of the connection.
+        let mut registered: Option<Waker> = None;
+        let ended = poll_fn(|cx| {
+            if let Poll::Ready(result) = Pin::new(&mut conn).poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            let fresh = !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if fresh || draining.load(Ordering::Acquire) {
+                // Err: the `Drain` is gone, which drains as well.
+                if changed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                if fresh {
+                    registered = Some(cx.waker().clone());
+                }
+            }
+            if end.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Some(result) = ended {
+            return result;
         }
         Pin::new(&mut conn).begin_drain();
         tokio::select! {

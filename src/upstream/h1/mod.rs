@@ -124,68 +124,50 @@ impl Http1Conn {
 
     /// Sends `req` and reads the response head. The body of the returned
     /// response owns the connection; see the module doc.
-    pub async fn send(
+    // Not an `async fn`, so that `req` is stored once in the future.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
         mut self,
         req: Request<OutboundBody>,
-    ) -> Result<Response<ResponseBody>, SendError> {
-        let (mut parts, mut body) = req.into_parts();
-        let framing = head::encode_request(&mut self.write_buf, &mut parts, &body);
-        // A small body already in memory goes out with the head: one write.
-        // It is cloned, not taken, so the request can come back intact.
-        let mut body_done = false;
-        if let OutboundBody::Full(data) = &body {
-            let len = data.as_ref().map_or(0, Bytes::len);
-            if len <= INLINE_BODY {
-                if let Some(d) = data {
-                    framing.encode_data(&mut self.write_buf, d);
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, SendError>> {
+        async move {
+            let (mut parts, mut body) = req.into_parts();
+            let framing = head::encode_request(&mut self.write_buf, &mut parts, &body);
+            // A small body already in memory goes out with the head: one write.
+            // It is cloned, not taken, so the request can come back intact.
+            let mut body_done = false;
+            if let OutboundBody::Full(data) = &body {
+                let len = data.as_ref().map_or(0, Bytes::len);
+                if len <= INLINE_BODY {
+                    if let Some(d) = data {
+                        framing.encode_data(&mut self.write_buf, d);
+                    }
+                    framing.encode_end(&mut self.write_buf);
+                    body_done = true;
                 }
+            } else if body.is_end_stream() {
                 framing.encode_end(&mut self.write_buf);
                 body_done = true;
             }
-        } else if body.is_end_stream() {
-            framing.encode_end(&mut self.write_buf);
-            body_done = true;
-        }
-        let head_request = parts.method == Method::HEAD;
-        // A body that is already on its way with the head is never polled,
-        // so the request can be sent again as it is.
-        let replayable = body_done;
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::PUT
-                | Method::DELETE
-                | Method::OPTIONS
-                | Method::TRACE
-        );
-        let sent = match self.send_request(&mut body, framing, body_done).await {
-            Ok(sent) => sent,
-            Err((written, e)) => {
-                // Nothing reached the target: safe to send again, any method.
-                if written == 0 && self.served > 0 && matches!(e, Error::Io(_) | Error::Closed) {
-                    return Err(SendError::Retry(
-                        Box::new(Request::from_parts(parts, body)),
-                        e,
-                    ));
-                }
-                return Err(SendError::Failed(e));
-            }
-        };
-        let head = match sent.early {
-            Some(head) => head,
-            None => match self.read_head().await {
-                Ok(head) => head,
-                Err((got, e)) => {
-                    // A kept-alive connection the target closed just as the
-                    // request went out: nothing was answered. Sending again
-                    // is safe when the method is idempotent and the body
-                    // can be sent again.
-                    let stale = got == 0
-                        && self.served > 0
-                        && matches!(e, Error::Io(_) | Error::Closed)
-                        && (sent.written == 0 || (idempotent && replayable));
-                    if stale {
+            let head_request = parts.method == Method::HEAD;
+            // A body that is already on its way with the head is never polled,
+            // so the request can be sent again as it is.
+            let replayable = body_done;
+            let idempotent = matches!(
+                parts.method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::PUT
+                    | Method::DELETE
+                    | Method::OPTIONS
+                    | Method::TRACE
+            );
+            let sent = match self.send_request(&mut body, framing, body_done).await {
+                Ok(sent) => sent,
+                Err((written, e)) => {
+                    // Nothing reached the target: safe to send again, any method.
+                    if written == 0 && self.served > 0 && matches!(e, Error::Io(_) | Error::Closed)
+                    {
                         return Err(SendError::Retry(
                             Box::new(Request::from_parts(parts, body)),
                             e,
@@ -193,14 +175,37 @@ impl Http1Conn {
                     }
                     return Err(SendError::Failed(e));
                 }
-            },
-        };
-        drop(body);
-        let decoder = head.decoder(head_request).map_err(SendError::Failed)?;
-        // A body that runs to the end of the connection uses it up.
-        let reusable = sent.complete && head.keep_alive && decoder != body::Decoder::Close;
-        let response = head.into_response();
-        Ok(response.map(|()| ResponseBody::new(self, decoder, reusable)))
+            };
+            let head = match sent.early {
+                Some(head) => head,
+                None => match self.read_head().await {
+                    Ok(head) => head,
+                    Err((got, e)) => {
+                        // A kept-alive connection the target closed just as the
+                        // request went out: nothing was answered. Sending again
+                        // is safe when the method is idempotent and the body
+                        // can be sent again.
+                        let stale = got == 0
+                            && self.served > 0
+                            && matches!(e, Error::Io(_) | Error::Closed)
+                            && (sent.written == 0 || (idempotent && replayable));
+                        if stale {
+                            return Err(SendError::Retry(
+                                Box::new(Request::from_parts(parts, body)),
+                                e,
+                            ));
+                        }
+                        return Err(SendError::Failed(e));
+                    }
+                },
+            };
+            drop(body);
+            let decoder = head.decoder(head_request).map_err(SendError::Failed)?;
+            // A body that runs to the end of the connection uses it up.
+            let reusable = sent.complete && head.keep_alive && decoder != body::Decoder::Close;
+            let response = head.into_response();
+            Ok(response.map(|()| ResponseBody::new(self, decoder, reusable)))
+        }
     }
 
     /// Writes what `write_buf` holds, then the rest of the body, watching
