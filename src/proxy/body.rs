@@ -65,7 +65,7 @@ pub struct ResponseBody {
     bytes: u64,
     ended: bool,
     error: Option<&'static str>,
-    completion: Option<Completion>,
+    completion: Option<Box<Completion>>,
     // Only gRPC calls pay for this (one allocation per call).
     grpc: Option<Box<GrpcStream>>,
 }
@@ -173,7 +173,7 @@ impl ResponseBody {
     }
 
     /// Sets the work to run when the response is over.
-    pub fn on_complete(&mut self, completion: Completion) {
+    pub fn on_complete(&mut self, completion: Box<Completion>) {
         self.completion = Some(completion);
     }
 }
@@ -285,7 +285,7 @@ impl GrpcStream {
     fn frame(
         &mut self,
         frame: Frame<Bytes>,
-        done: &mut Option<Completion>,
+        done: &mut Option<Box<Completion>>,
     ) -> Option<Frame<Bytes>> {
         let data = match frame.into_data() {
             Ok(data) => data,
@@ -356,11 +356,10 @@ impl Idle {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(c) = self.completion.take() {
+        if let Some(mut c) = self.completion.take() {
             if let Some(timer) = self.deadline.take().and_then(Deadline::into_timer) {
                 c.ctx.recycle_timer(timer);
             }
-            let mut c = c;
             let complete = self.error.is_none() && (self.ended || self.is_end_stream());
             if complete {
                 // The body read to its end frees its HTTP/1.1 connection

@@ -156,7 +156,7 @@ impl Drop for Completion {
 
 impl Completion {
     /// Runs the bookkeeping; see the module doc.
-    pub fn finish(mut self, bytes_out: u64, complete: bool, body_error: Option<&'static str>) {
+    pub fn finish(&mut self, bytes_out: u64, complete: bool, body_error: Option<&'static str>) {
         let now = Instant::now();
         self.ended_at = Some(now);
         let elapsed = now.saturating_duration_since(self.start);

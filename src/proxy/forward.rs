@@ -239,6 +239,8 @@ pub fn prepare_request(
     if mask & CLIENT_CERT_PRESENT != 0 {
         strip_client_cert_headers(headers);
     }
+    // The table grows once for the headers added below, not once each.
+    headers.reserve(4);
     let client_ip = &client.client_ip;
     // Only a trusted proxy's list is kept; anyone else's is replaced, so a
     // client cannot pass off a made-up address as its own.

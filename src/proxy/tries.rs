@@ -55,7 +55,7 @@ pub(super) fn run<'a>(
     body_idle: std::time::Duration,
     host: Option<HeaderValue>,
     request_id: HeaderValue,
-    mut done: Completion,
+    mut done: Box<Completion>,
 ) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
     async move {
         if let Some(log) = done.log.as_mut() {
@@ -482,7 +482,7 @@ fn finish_error(
     target: &Arc<crate::upstream::Target>,
     elapsed: std::time::Duration,
     request_id: HeaderValue,
-    mut done: Completion,
+    mut done: Box<Completion>,
 ) -> Response<ResponseBody> {
     // The target's in-flight count was already released by the caller;
     // record it for the access log only.

@@ -137,7 +137,7 @@ pub(super) fn open(
     policy: &WebSocketPolicy,
     rate: Option<&RateHeaders>,
     request_id: &HeaderValue,
-    mut done: Completion,
+    mut done: Box<Completion>,
 ) -> Response<ResponseBody> {
     let upstream = hyper::upgrade::on(&mut response);
     let protocol = response
@@ -195,7 +195,7 @@ struct Tunnel {
     upstream: OnUpgrade,
     idle: Option<Duration>,
     close: watch::Receiver<bool>,
-    done: Completion,
+    done: Box<Completion>,
     guard: TunnelGuard,
     active: Active,
 }
@@ -243,6 +243,7 @@ impl Tunnel {
         }
         drop(active);
         done.finish(bytes_out, false, code);
+        drop(done);
         // Last: a shutdown waiting for tunnels sees this one gone only once
         // its access log line is queued.
         drop(guard);

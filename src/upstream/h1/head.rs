@@ -215,8 +215,21 @@ impl Head {
 /// Parses a final response head from the front of `buf`, consuming it
 /// (and any interim 1xx responses before it). None: more bytes are needed.
 pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+    // Most heads have a handful of lines: a small table first, the full
+    // one only for a head that overflows it.
+    match parse_with::<FEW_HEADERS>(buf) {
+        Err(Error::Invalid(TOO_MANY)) => parse_with::<MAX_HEADERS>(buf),
+        other => other,
+    }
+}
+
+/// Header lines the first parse makes room for.
+const FEW_HEADERS: usize = 24;
+const TOO_MANY: &str = "too many response headers";
+
+fn parse_with<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     loop {
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
         let mut parsed = httparse::Response::new(&mut []);
         let config = httparse::ParserConfig::default();
         let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
@@ -225,9 +238,7 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
                 return Err(Error::Invalid("response head too large"));
             }
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Error::Invalid("too many response headers"))
-            }
+            Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid(TOO_MANY)),
             Err(_) => return Err(Error::Invalid("malformed response head")),
         };
         let code = parsed.code.unwrap_or(0);
@@ -250,7 +261,7 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         // is split off the buffer (no copy per header).
         let base = buf.as_ptr() as usize;
         let count = parsed.headers.len();
-        let mut ranges = [[0u32; 4]; MAX_HEADERS];
+        let mut ranges = [[0u32; 4]; N];
         for (r, h) in ranges.iter_mut().zip(parsed.headers.iter()) {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
@@ -273,7 +284,9 @@ fn build(
     status: StatusCode,
     version: Version,
 ) -> Result<Head, Error> {
-    let mut headers = HeaderMap::with_capacity(ranges.len());
+    // Room for the headers weir adds on the way back (`x-request-id`, a
+    // route's own) without growing the table.
+    let mut headers = HeaderMap::with_capacity(ranges.len() + 2);
     let mut length: Option<u64> = None;
     let mut te = false;
     let mut chunked = false;
