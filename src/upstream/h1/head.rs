@@ -14,6 +14,10 @@ use super::body::Decoder;
 use super::Error;
 use crate::upstream::OutboundBody;
 
+/// `Keep-Alive` (RFC 7230 §A.1.2): parameters of a kept-alive HTTP/1.x
+/// connection, meaningful to this hop only.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
 /// Most header lines in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
 /// Largest response head, in bytes.
@@ -296,8 +300,11 @@ fn build(
         let [ns, ne, vs, ve] = r.map(|x| x as usize);
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| Error::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| Error::Invalid("invalid header value"))?;
+        // SAFETY: httparse accepted these bytes as a header value, and it
+        // accepts exactly the bytes `HeaderValue` does (HTAB, 0x20-0x7E,
+        // obs-text 0x80-0xFF); `value_bytes_agree_with_http` checks all 256.
+        // Checking again would walk every value byte a second time.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vs..ve)) };
         if name == header::CONTENT_LENGTH {
             for part in value.as_bytes().split(|&b| b == b',') {
                 let n = parse_length(part.trim_ascii())
@@ -314,14 +321,25 @@ fn build(
                 chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
         } else if name == header::CONNECTION {
+            let mut others = false;
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
+                } else if !token.is_empty() {
+                    others = true;
                 }
             }
+            // Connection management is this hop's alone and is read here:
+            // a plain `keep-alive`/`close` never reaches the table. One that
+            // names other headers stays, so that they are stripped too.
+            if !others {
+                continue;
+            }
+        } else if name == KEEP_ALIVE {
+            continue;
         }
         headers.append(name, value);
     }

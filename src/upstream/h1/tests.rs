@@ -455,3 +455,68 @@ async fn fresh_connection_failure_is_never_retried() {
         Err(SendError::Failed(_))
     ));
 }
+
+#[test]
+fn value_bytes_agree_with_http() {
+    // `head::build` trusts httparse's value check instead of repeating
+    // `HeaderValue`'s: the two must accept exactly the same bytes.
+    for b in 0..=255u8 {
+        if b == b'\r' || b == b'\n' {
+            continue;
+        }
+        let mut buf = bytes::BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-v: a"[..]);
+        buf.extend_from_slice(&[b, b'a']);
+        buf.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+        let parsed = head::parse(&mut buf);
+        let checked = http::HeaderValue::from_bytes(&[b'a', b, b'a']).is_ok();
+        match parsed {
+            Ok(Some(h)) => {
+                assert!(checked, "byte {b:#04x} accepted by the parser only");
+                let value = h.into_response().headers()["x-v"].clone();
+                assert_eq!(value.as_bytes(), &[b'a', b, b'a']);
+            }
+            other => assert!(!checked, "byte {b:#04x} refused by the parser: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connection_management_headers_are_consumed_unless_they_name_others() {
+    let resp = exchange(
+        Method::GET,
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(!resp.headers().contains_key("connection"));
+    assert!(!resp.headers().contains_key("keep-alive"));
+    let resp = exchange(
+        Method::GET,
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["connection"], "keep-alive, x-hop");
+    assert_eq!(resp.headers()["x-hop"], "1");
+}
+
+#[tokio::test]
+async fn heads_with_many_lines_are_read_whole() {
+    let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..60 {
+        answer.extend_from_slice(format!("x-h{i}: {i}\r\n").as_bytes());
+    }
+    answer.extend_from_slice(b"content-length: 0\r\n\r\n");
+    let resp = exchange(Method::GET, answer.leak()).await.unwrap();
+    assert_eq!(resp.headers().len(), 61);
+    assert_eq!(resp.headers()["x-h59"], "59");
+    let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..101 {
+        answer.extend_from_slice(format!("x-h{i}: {i}\r\n").as_bytes());
+    }
+    answer.extend_from_slice(b"\r\n");
+    assert!(matches!(
+        exchange(Method::GET, answer.leak()).await,
+        Err(SendError::Failed(Error::Invalid(_)))
+    ));
+}
