@@ -11,6 +11,7 @@
 //! sides.
 
 mod accept;
+pub(crate) use accept::first_bytes;
 mod drain;
 mod h2_guard;
 mod idle;

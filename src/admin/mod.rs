@@ -17,9 +17,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::reload::ReloadError;
 use crate::state::State;
@@ -29,41 +29,74 @@ use crate::state::State;
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the admin API until `stop` flips, then lets the requests in
-/// flight finish (bounded by `DRAIN`) and closes idle connections.
+/// flight finish (bounded by `DRAIN`) and closes idle connections. A
+/// connection accepted just before the stop is served if its request
+/// arrives within the proxy listeners' grace (`server::first_bytes`):
+/// during a binary upgrade the socket never stops listening, so a client
+/// cannot tell it reached the old process.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     token: Option<AdminToken>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     let token = token.map(Arc::new);
+    let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
             r = listener.accept() => r,
         };
+        // Finished connections are reaped as new ones come.
+        while connections.try_join_next().is_some() {}
         let Ok((stream, _)) = accepted else { continue };
         let state = state.clone();
         let token = token.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            let token = token.clone();
-            async move {
-                if let Some(refused) = token.as_deref().and_then(|t| t.refuse(&req)) {
-                    return Ok::<_, Infallible>(refused);
-                }
-                Ok::<_, Infallible>(answer(&state, &req).await)
+        let stop = stop.clone();
+        connections.spawn(async move {
+            if !crate::server::first_bytes(&stream, stop.clone(), FIRST_REQUEST).await {
+                return;
             }
-        });
-        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                let token = token.clone();
+                async move {
+                    if let Some(refused) = token.as_deref().and_then(|t| t.refuse(&req)) {
+                        return Ok::<_, Infallible>(refused);
+                    }
+                    Ok::<_, Infallible>(answer(&state, &req).await)
+                }
+            });
+            serve_connection(TokioIo::new(stream), service, stop).await;
         });
     }
     drop(listener);
-    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+    let drained = async { while connections.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(DRAIN, drained).await;
+}
+
+/// How long a new admin connection may take to send its first bytes.
+const FIRST_REQUEST: Duration = Duration::from_secs(10);
+
+/// Serves one connection until it ends; once `stop` flips, the request in
+/// flight is answered and the connection closed.
+async fn serve_connection<S>(io: TokioIo<TcpStream>, service: S, mut stop: watch::Receiver<bool>)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http1::Builder::new().serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    // Polled first: the request whose bytes have arrived is read, so that
+    // the graceful shutdown below finishes it instead of closing an
+    // unread connection.
+    tokio::select! {
+        biased;
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|stopping| *stopping) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// The admin API's bearer token.

@@ -371,7 +371,7 @@ pub(super) async fn serve_tls(
 /// that never stopped listening) would see its request fail. False when the
 /// client went away or sent nothing within `wait` (the header read
 /// timeout), or within `FIRST_BYTES_GRACE` of the drain.
-pub(super) async fn first_bytes(
+pub(crate) async fn first_bytes(
     stream: &TcpStream,
     mut stop: watch::Receiver<bool>,
     wait: Duration,
