@@ -3,6 +3,7 @@
 //! rewritten, route header edits applied), obtaining a connection, and sending
 //! it. Also cleans the target's response headers before they go back.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -366,13 +367,17 @@ pub struct Exchange {
 /// HTTP/1.1 connection that turns out to have been closed by the target
 /// before the request could reach it is replaced by a fresh one, once (see
 /// `h1::SendError::Retry` for when that is safe).
-// Not an `async fn`, so that `req` is stored once (see `tries::run`).
+// The head is borrowed where it can be: an HTTP/1.1 target's codec only
+// reads it, so a try that may be followed by another needs no copy of it;
+// hyper's clients take a request of their own.
+// Not an `async fn`, so that the arguments are stored once (see `tries::run`).
 #[allow(clippy::manual_async_fn)]
 pub fn send<'a>(
     ctx: Option<&'a ConnCtx>,
     set: &'a UpstreamSet,
     target: &'a Arc<Target>,
-    mut req: Request<OutboundBody>,
+    parts: Cow<'a, Parts>,
+    mut body: OutboundBody,
     connect_timeout: Duration,
     deadline: &'a mut Option<Deadline>,
 ) -> impl std::future::Future<Output = Result<Exchange, ProxyError>> + 'a {
@@ -381,7 +386,8 @@ pub fn send<'a>(
             // Only a WebSocket handshake keeps `Upgrade` past the hop-by-hop
             // strip: it goes over a fresh hyper connection that can hand the
             // stream to the tunnel.
-            UpstreamProtocol::Http1 if req.headers().contains_key(header::UPGRADE) => {
+            UpstreamProtocol::Http1 if parts.headers.contains_key(header::UPGRADE) => {
+                let req = Request::from_parts(parts.into_owned(), body);
                 Box::pin(send_upgradeable(
                     set,
                     target,
@@ -398,7 +404,7 @@ pub fn send<'a>(
                 };
                 let mut retried = false;
                 loop {
-                    match within(deadline, conn.send(req)).await {
+                    match within(deadline, conn.send(&parts, body)).await {
                         None => return Err(timeout_error()),
                         Some(Ok(response)) => {
                             return Ok(Exchange {
@@ -407,7 +413,7 @@ pub fn send<'a>(
                         }
                         Some(Err(SendError::Retry(back, e))) if !retried => {
                             tracing::debug!(target = %target.address, error = %e, "reused connection was closed; reconnecting");
-                            req = *back;
+                            body = *back;
                             retried = true;
                             conn = Box::pin(connect_http1(set, target, connect_timeout, deadline))
                                 .await?;
@@ -423,6 +429,7 @@ pub fn send<'a>(
                     Some(s) => s,
                     None => Box::pin(connect_http2(set, target, connect_timeout, deadline)).await?,
                 };
+                let req = Request::from_parts(parts.into_owned(), body);
                 match within(deadline, sender.send_request(req)).await {
                     None => Err(timeout_error()),
                     Some(Ok(response)) => Ok(Exchange {

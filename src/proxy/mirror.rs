@@ -5,6 +5,7 @@
 //! carry `x-weir-mirror: 1`, and a request that already carries it is never
 //! mirrored again, so two gateways mirroring to each other cannot loop.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -95,7 +96,17 @@ async fn exchange(
         None => None,
     };
     target.in_flight.fetch_add(1, Ordering::Relaxed);
-    let result = forward::send(None, set, &target, req, connect_timeout, &mut None).await;
+    let (parts, body) = req.into_parts();
+    let result = forward::send(
+        None,
+        set,
+        &target,
+        Cow::Owned(parts),
+        body,
+        connect_timeout,
+        &mut None,
+    )
+    .await;
     let outcome = match result {
         Err(e) => Err(e.detail),
         Ok(exchange) => {

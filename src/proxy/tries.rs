@@ -7,6 +7,7 @@
 //! unsized body is streamed and the request is tried once. Each try reports
 //! its outcome to outlier detection; each holds a circuit-breaker slot.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -214,14 +215,14 @@ pub(super) fn run<'a>(
         loop {
             done.attempts = attempt;
             let last = attempt >= attempts;
-            // The request for this try: the original on the last try, a copy
-            // before that.
-            let req_parts = if last {
-                std::mem::replace(&mut parts, empty_parts())
+            // The head for this try: the original, taken on the last try and
+            // lent before that (a target that needs its own copy clones it);
+            // a copy when this try's deadline is written into it.
+            let mut req_parts = if last {
+                Cow::Owned(std::mem::replace(&mut parts, empty_parts()))
             } else {
-                parts.clone()
+                Cow::Borrowed(&parts)
             };
-            let mut req_parts = req_parts;
             if incoming.is_some() {
                 if let Some(t) = &total {
                     let remaining = t
@@ -238,7 +239,7 @@ pub(super) fn run<'a>(
                             done,
                         );
                     }
-                    deadline::propagate(&mut req_parts.headers, remaining);
+                    deadline::propagate(&mut req_parts.to_mut().headers, remaining);
                 }
             }
             let out_body = match (&kept, body.take()) {
@@ -252,7 +253,6 @@ pub(super) fn run<'a>(
                 }
                 (None, None) => OutboundBody::empty(),
             };
-            let req = Request::from_parts(req_parts, out_body);
 
             let permit = match &set.breaker {
                 Some(b) => match b.try_request() {
@@ -287,7 +287,8 @@ pub(super) fn run<'a>(
                     Some(&done.ctx),
                     set,
                     &target,
-                    req,
+                    req_parts,
+                    out_body,
                     route.connect_timeout,
                     deadline,
                 )

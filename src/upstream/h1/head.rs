@@ -89,12 +89,11 @@ fn push_hex(out: &mut Vec<u8>, mut n: u64) {
 /// framing. The request's own `Content-Length` is kept; without one the
 /// body's exact size becomes one, an unknown size is sent chunked, and an
 /// empty body gets `content-length: 0` only on methods whose requests
-/// carry a payload (as hyper's client does).
-pub(super) fn encode_request(out: &mut Vec<u8>, parts: &mut Parts, body: &OutboundBody) -> Framing {
+/// carry a payload (as hyper's client does). A `Transfer-Encoding` left on
+/// the request, and a `Content-Length` that is not a number, are not
+/// written: framing is this codec's to decide.
+pub(super) fn encode_request(out: &mut Vec<u8>, parts: &Parts, body: &OutboundBody) -> Framing {
     out.clear();
-    // Framing is this codec's to decide: a Transfer-Encoding left on the
-    // request (hop-by-hop, normally stripped) must not contradict it.
-    parts.headers.remove(header::TRANSFER_ENCODING);
     let declared = parts.headers.get(header::CONTENT_LENGTH).map(|v| {
         std::str::from_utf8(v.as_bytes())
             .ok()
@@ -102,10 +101,7 @@ pub(super) fn encode_request(out: &mut Vec<u8>, parts: &mut Parts, body: &Outbou
     });
     let framing = match declared {
         Some(Some(n)) => Framing::Length(n),
-        Some(None) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Framing::Chunked
-        }
+        Some(None) => Framing::Chunked,
         None => match body.size_hint().exact() {
             Some(0) if body.is_end_stream() => {
                 if carries_payload(&parts.method) {
@@ -127,7 +123,11 @@ pub(super) fn encode_request(out: &mut Vec<u8>, parts: &mut Parts, body: &Outbou
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let drop_length = declared == Some(None);
     for (name, value) in &parts.headers {
+        if *name == header::TRANSFER_ENCODING || (drop_length && *name == header::CONTENT_LENGTH) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

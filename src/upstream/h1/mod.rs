@@ -22,7 +22,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::request::Parts;
+use http::{Method, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
@@ -67,9 +68,9 @@ pub enum Error {
 #[derive(Debug)]
 pub enum SendError {
     /// A connection that had served requests before turned out closed
-    /// before the request could have reached the target: the request comes
-    /// back intact and may go out again on a fresh connection.
-    Retry(Box<Request<OutboundBody>>, Error),
+    /// before the request could have reached the target: the body comes
+    /// back intact, and the request may go out again on a fresh connection.
+    Retry(Box<OutboundBody>, Error),
     /// The exchange failed.
     Failed(Error),
 }
@@ -122,17 +123,19 @@ impl Http1Conn {
         matches!(self.poll_fill(&mut cx), Poll::Pending)
     }
 
-    /// Sends `req` and reads the response head. The body of the returned
-    /// response owns the connection; see the module doc.
-    // Not an `async fn`, so that `req` is stored once in the future.
+    /// Sends the request `parts` and `body` and reads the response head.
+    /// The head is only read (a retry can send it again without a copy);
+    /// the body of the returned response owns the connection; see the
+    /// module doc.
+    // Not an `async fn`, so that `body` is stored once in the future.
     #[allow(clippy::manual_async_fn)]
-    pub fn send(
+    pub fn send<'a>(
         mut self,
-        req: Request<OutboundBody>,
-    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, SendError>> {
+        parts: &'a Parts,
+        mut body: OutboundBody,
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, SendError>> + 'a {
         async move {
-            let (mut parts, mut body) = req.into_parts();
-            let framing = head::encode_request(&mut self.write_buf, &mut parts, &body);
+            let framing = head::encode_request(&mut self.write_buf, parts, &body);
             // A small body already in memory goes out with the head: one write.
             // It is cloned, not taken, so the request can come back intact.
             let mut body_done = false;
@@ -168,10 +171,7 @@ impl Http1Conn {
                     // Nothing reached the target: safe to send again, any method.
                     if written == 0 && self.served > 0 && matches!(e, Error::Io(_) | Error::Closed)
                     {
-                        return Err(SendError::Retry(
-                            Box::new(Request::from_parts(parts, body)),
-                            e,
-                        ));
+                        return Err(SendError::Retry(Box::new(body), e));
                     }
                     return Err(SendError::Failed(e));
                 }
@@ -190,10 +190,7 @@ impl Http1Conn {
                             && matches!(e, Error::Io(_) | Error::Closed)
                             && (sent.written == 0 || (idempotent && replayable));
                         if stale {
-                            return Err(SendError::Retry(
-                                Box::new(Request::from_parts(parts, body)),
-                                e,
-                            ));
+                            return Err(SendError::Retry(Box::new(body), e));
                         }
                         return Err(SendError::Failed(e));
                     }

@@ -28,6 +28,35 @@ fn request(method: Method, body: Option<&'static [u8]>) -> Request<OutboundBody>
     req
 }
 
+/// Sends `req` on `conn` (the codec borrows the head).
+async fn send(
+    conn: Http1Conn,
+    req: Request<OutboundBody>,
+) -> Result<Response<ResponseBody>, SendError> {
+    let (parts, body) = req.into_parts();
+    conn.send(&parts, body).await
+}
+
+/// Sends `req` to a server that reads its head and `body_len` bytes and
+/// answers 204; what the server read, the response, and the server side.
+async fn answered_204(
+    req: Request<OutboundBody>,
+    body_len: usize,
+) -> (String, Response<ResponseBody>, DuplexStream) {
+    let (conn, mut server) = pair();
+    let serve = tokio::spawn(async move {
+        let head = read_request(&mut server, body_len).await;
+        server
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        (head, server)
+    });
+    let resp = send(conn, req).await.unwrap();
+    let (head, server) = serve.await.unwrap();
+    (head, resp, server)
+}
+
 /// Reads one request head and `body` more bytes from the server side.
 async fn read_request(server: &mut DuplexStream, body: usize) -> String {
     let mut seen = Vec::new();
@@ -92,7 +121,7 @@ async fn exchange(
         server.write_all(answer).await.unwrap();
         server
     });
-    let resp = tokio::time::timeout(LIMIT, conn.send(request(method, None)))
+    let resp = tokio::time::timeout(LIMIT, send(conn, request(method, None)))
         .await
         .expect("response in time");
     // The server side stays open until the body is read.
@@ -112,7 +141,7 @@ async fn get_is_encoded_with_no_framing_and_content_length_body_reused() {
             .unwrap();
         (head, server)
     });
-    let resp = conn.send(request(Method::GET, None)).await.unwrap();
+    let resp = send(conn, request(Method::GET, None)).await.unwrap();
     let (head, _server) = serve.await.unwrap();
     assert_eq!(head, "GET /path?q=1 HTTP/1.1\r\nhost: up\r\n\r\n");
     assert_eq!(resp.status(), StatusCode::OK);
@@ -141,18 +170,8 @@ async fn post_bodies_carry_a_length() {
             "PUT /path?q=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 3\r\n\r\nabc",
         ),
     ] {
-        let (conn, mut server) = pair();
         let len = body.map_or(0, <[u8]>::len);
-        let serve = tokio::spawn(async move {
-            let head = read_request(&mut server, len).await;
-            server
-                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                .await
-                .unwrap();
-            (head, server)
-        });
-        let resp = conn.send(request(method, body)).await.unwrap();
-        let (head, _server) = serve.await.unwrap();
+        let (head, resp, _server) = answered_204(request(method, body), len).await;
         assert_eq!(head, expect);
         let mut body = resp.into_body();
         assert!(body.is_end_stream());
@@ -213,7 +232,7 @@ async fn unframed_response_is_read_to_close_and_not_reused() {
             .unwrap();
         // Dropping the server side ends the body.
     });
-    let resp = conn.send(request(Method::GET, None)).await.unwrap();
+    let resp = send(conn, request(Method::GET, None)).await.unwrap();
     let (data, _, mut body) = drain(resp.into_body()).await;
     assert_eq!(data.unwrap(), b"all of it");
     assert!(body.take_reusable().is_none());
@@ -229,7 +248,7 @@ async fn length_body_cut_short_is_an_error() {
             .await
             .unwrap();
     });
-    let resp = conn.send(request(Method::GET, None)).await.unwrap();
+    let resp = send(conn, request(Method::GET, None)).await.unwrap();
     let (data, _, _) = drain(resp.into_body()).await;
     assert!(matches!(data, Err(Error::Closed)), "{data:?}");
 }
@@ -353,7 +372,7 @@ async fn early_answer_to_a_large_upload_stops_the_upload() {
         tokio::time::sleep(LIMIT * 2).await;
         drop(server);
     });
-    let resp = tokio::time::timeout(LIMIT, conn.send(request(Method::POST, Some(&BIG[..]))))
+    let resp = tokio::time::timeout(LIMIT, send(conn, request(Method::POST, Some(&BIG[..]))))
         .await
         .expect("answer in time")
         .unwrap();
@@ -378,7 +397,7 @@ async fn an_answer_sent_before_the_target_closed_survives_the_failed_upload() {
         // Gone: the client's next write fails, the answer is still unread.
         drop(server);
     });
-    let resp = tokio::time::timeout(LIMIT, conn.send(request(Method::POST, Some(&BIG[..]))))
+    let resp = tokio::time::timeout(LIMIT, send(conn, request(Method::POST, Some(&BIG[..]))))
         .await
         .expect("answer in time")
         .unwrap();
@@ -397,7 +416,7 @@ async fn served_once() -> (Http1Conn, DuplexStream) {
             .unwrap();
         server
     });
-    let resp = conn.send(request(Method::GET, None)).await.unwrap();
+    let resp = send(conn, request(Method::GET, None)).await.unwrap();
     let server = serve.await.unwrap();
     let conn = resp.into_body().take_reusable().expect("reusable");
     (conn, server)
@@ -419,10 +438,9 @@ async fn idle_check_sees_close_and_unasked_bytes() {
 async fn closed_reused_connection_hands_back_an_unsent_request() {
     let (conn, server) = served_once().await;
     drop(server);
-    match conn.send(request(Method::POST, Some(b"data"))).await {
-        Err(SendError::Retry(req, _)) => {
-            assert_eq!(req.method(), Method::POST);
-            assert!(matches!(req.body(), OutboundBody::Full(Some(b)) if b == "data"));
+    match send(conn, request(Method::POST, Some(b"data"))).await {
+        Err(SendError::Retry(body, _)) => {
+            assert!(matches!(*body, OutboundBody::Full(Some(b)) if b == "data"));
         }
         other => panic!("{other:?}"),
     }
@@ -437,7 +455,7 @@ async fn close_after_the_request_was_written_retries_only_idempotent_requests() 
             let _ = server.read(&mut buf).await;
             drop(server);
         });
-        let result = conn.send(request(method.clone(), Some(b"data"))).await;
+        let result = send(conn, request(method.clone(), Some(b"data"))).await;
         match result {
             Err(SendError::Retry(..)) if retried => {}
             Err(SendError::Failed(_)) if !retried => {}
@@ -451,7 +469,7 @@ async fn fresh_connection_failure_is_never_retried() {
     let (conn, server) = pair();
     drop(server);
     assert!(matches!(
-        conn.send(request(Method::GET, None)).await,
+        send(conn, request(Method::GET, None)).await,
         Err(SendError::Failed(_))
     ));
 }
@@ -519,4 +537,28 @@ async fn heads_with_many_lines_are_read_whole() {
         exchange(Method::GET, answer.leak()).await,
         Err(SendError::Failed(Error::Invalid(_)))
     ));
+}
+
+#[tokio::test]
+async fn framing_headers_left_on_the_request_are_the_codecs_to_write() {
+    // A Transfer-Encoding is never passed on (the codec frames the body),
+    // and a Content-Length that is not a number gives way to chunking.
+    for (extra, expect) in [
+        (
+            ("transfer-encoding", "gzip"),
+            "PUT /path?q=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 3\r\n\r\nabc",
+        ),
+        (
+            ("content-length", "x3"),
+            "PUT /path?q=1 HTTP/1.1\r\nhost: up\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+    ] {
+        let len = expect.len() - expect.find("\r\n\r\n").unwrap() - 4;
+        let mut req = request(Method::PUT, Some(b"abc"));
+        req.headers_mut()
+            .insert(extra.0, http::HeaderValue::from_static(extra.1));
+        let (head, resp, _server) = answered_204(req, len).await;
+        assert_eq!(head, expect);
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
 }
