@@ -93,8 +93,12 @@ pids+=($!); nginx_pid=$!
 
 # weir: one worker thread, TLS 1.3 only, HTTP/1.1 by ALPN (as wrk speaks).
 weir_port=$(free_port)
+# Like NGINX's keepalive_requests above: neither side cuts a client
+# connection after a number of requests (weir's default is 1000, NGINX's
+# too), so a run measures requests, not TLS handshakes.
 cat >"$work/weir.yaml" <<CONF
 runtime: { threads: 1 }
+limits: { max_requests_per_connection: 100000000 }
 listeners:
   - name: bench
     address: 127.0.0.1:$weir_port
