@@ -353,18 +353,32 @@ fn clamp(n: u128) -> u64 {
 
 /// The decimal digits of `n`, in a small inline vector (at most 20).
 fn digits(mut n: u64) -> Digits {
+    // Two digits per division: these are written on every response of a
+    // rate-limited route.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut out = Digits {
         buf: [0; 20],
         start: 20,
     };
-    loop {
-        out.start -= 1;
-        out.buf[out.start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return out;
-        }
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        out.start -= 2;
+        out.buf[out.start..out.start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        out.start -= 2;
+        out.buf[out.start..out.start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        out.start -= 1;
+        out.buf[out.start] = b'0' + n as u8;
+    }
+    out
 }
 
 struct Digits {

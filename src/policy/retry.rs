@@ -179,15 +179,16 @@ impl RetryPolicy {
     /// (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or it
     /// carries a non-empty `Idempotency-Key` header.
     pub fn is_retryable_request(method: &Method, headers: &HeaderMap) -> bool {
-        let idempotent = [
-            Method::GET,
-            Method::HEAD,
-            Method::OPTIONS,
-            Method::TRACE,
-            Method::PUT,
-            Method::DELETE,
-        ];
-        idempotent.contains(method)
+        let idempotent = matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        idempotent
             || headers
                 .get_all(IDEMPOTENCY_KEY)
                 .iter()

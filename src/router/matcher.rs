@@ -76,11 +76,13 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 /// A decoded query `(key, value)`; bytes because `%XX` may decode to non-UTF-8.
 type QueryPair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
-/// Everything a route may test about one request, with the host already
-/// normalized and the query parsed lazily.
+/// Everything a route may test about one request, with the host
+/// normalized and the query parsed the first time a route asks (a table
+/// without host routes never pays for it).
 pub(super) struct Request<'a> {
     method: &'a Method,
-    host: Option<&'a str>,
+    raw_host: Option<&'a str>,
+    host: OnceCell<Option<&'a str>>,
     path: &'a str,
     headers: &'a HeaderMap,
     query: Option<&'a str>,
@@ -99,13 +101,19 @@ impl<'a> Request<'a> {
     ) -> Self {
         Request {
             method,
-            host: host.map(normalize_host),
+            raw_host: host,
+            host: OnceCell::new(),
             path,
             headers,
             query,
             query_pairs: OnceCell::new(),
             client_cert,
         }
+    }
+
+    /// The request's host without userinfo, port or IPv6 brackets.
+    fn host(&self) -> Option<&'a str> {
+        *self.host.get_or_init(|| self.raw_host.map(normalize_host))
     }
 
     /// True for a CORS preflight (`OPTIONS` with `Origin`) whose
@@ -353,7 +361,7 @@ impl Matcher {
     /// certificate.
     pub(super) fn matches_request(&self, req: &Request<'_>) -> bool {
         if let Some(host) = &self.host {
-            match req.host {
+            match req.host() {
                 Some(h) if host.matches(h) => {}
                 _ => return false,
             }
