@@ -222,16 +222,17 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     // Most heads have a handful of lines: a small table first, the full
     // one only for a head that overflows it.
     match parse_with::<FEW_HEADERS>(buf) {
-        Err(Error::Invalid(TOO_MANY)) => parse_with::<MAX_HEADERS>(buf),
-        other => other,
+        Some(parsed) => parsed,
+        None => parse_with::<MAX_HEADERS>(buf)
+            .unwrap_or(Err(Error::Invalid("too many response headers"))),
     }
 }
 
 /// Header lines the first parse makes room for.
 const FEW_HEADERS: usize = 24;
-const TOO_MANY: &str = "too many response headers";
 
-fn parse_with<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+/// `parse` with room for `N` header lines; None when the head has more.
+fn parse_with<const N: usize>(buf: &mut BytesMut) -> Option<Result<Option<Head>, Error>> {
     loop {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
         let mut parsed = httparse::Response::new(&mut []);
@@ -239,11 +240,11 @@ fn parse_with<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error>
         let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(Error::Invalid("response head too large"));
+                return Some(Err(Error::Invalid("response head too large")));
             }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid(TOO_MANY)),
-            Err(_) => return Err(Error::Invalid("malformed response head")),
+            Ok(httparse::Status::Partial) => return Some(Ok(None)),
+            Err(httparse::Error::TooManyHeaders) => return None,
+            Err(_) => return Some(Err(Error::Invalid("malformed response head"))),
         };
         let code = parsed.code.unwrap_or(0);
         if (100..200).contains(&code) && code != 101 {
@@ -253,9 +254,13 @@ fn parse_with<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error>
         }
         if code == 101 {
             // Upgrades go over hyper's connection; this one never asks.
-            return Err(Error::Invalid("101 Switching Protocols without an upgrade"));
+            return Some(Err(Error::Invalid(
+                "101 Switching Protocols without an upgrade",
+            )));
         }
-        let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status"))?;
+        let Ok(status) = StatusCode::from_u16(code) else {
+            return Some(Err(Error::Invalid("invalid status")));
+        };
         let version = if parsed.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -278,7 +283,7 @@ fn parse_with<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error>
             ];
         }
         let head: Bytes = buf.split_to(len).freeze();
-        return build(head, &ranges[..count], status, version).map(Some);
+        return Some(build(head, &ranges[..count], status, version).map(Some));
     }
 }
 
