@@ -367,8 +367,15 @@ impl Http1Conn {
         cx: &mut Context<'_>,
         expected: u64,
     ) -> Poll<io::Result<usize>> {
+        // One byte more than the body still owes: a read that fills the
+        // room it was given tells tokio the socket may hold more, and the
+        // next `is_idle_open` then pays a read syscall (EAGAIN) to find out.
+        // A read that comes back short clears that readiness for free. The
+        // buffer's capacity also carries over to the next response's head
+        // read, so a response exactly as large as the last one fits short.
         let want = usize::try_from(expected)
             .unwrap_or(MAX_READ)
+            .saturating_add(1)
             .clamp(READ_CHUNK, MAX_READ);
         // With the buffer no longer shared, this reclaims it in place.
         if self.read_buf.capacity() - self.read_buf.len() < want {

@@ -562,3 +562,30 @@ async fn framing_headers_left_on_the_request_are_the_codecs_to_write() {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     }
 }
+
+#[tokio::test]
+async fn a_read_of_the_rest_of_a_body_has_room_to_come_back_short() {
+    // tokio keeps a socket marked readable after a read that filled all
+    // the room it was given; the idle check then pays a syscall to learn
+    // there is nothing more. One spare byte lets the read come back short.
+    let (mut conn, mut server) = pair();
+    let rest = 20_000usize;
+    server.write_all(&vec![b'x'; rest]).await.unwrap();
+    let mut got = 0;
+    while got < rest {
+        let n = tokio::time::timeout(
+            LIMIT,
+            std::future::poll_fn(|cx| conn.poll_fill_expecting(cx, (rest - got) as u64)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            conn.read_buf.capacity() > conn.read_buf.len(),
+            "a read expecting {} bytes had no room beyond them",
+            rest - got
+        );
+        got += n;
+    }
+    assert_eq!(got, rest);
+}
