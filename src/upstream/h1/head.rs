@@ -293,9 +293,11 @@ fn build(
     status: StatusCode,
     version: Version,
 ) -> Result<Head, Error> {
-    // Room for the headers weir adds on the way back (`x-request-id`, a
-    // route's own) without growing the table.
-    let mut headers = HeaderMap::with_capacity(ranges.len() + 2);
+    // Room for the headers weir adds on the way back without growing the
+    // table: `x-request-id`, a rate-limited route's `RateLimit` and
+    // `RateLimit-Policy`, a last response's `Connection: close`. (Growing
+    // rehashes every entry; four spare slots cost a few bytes.)
+    let mut headers = HeaderMap::with_capacity(ranges.len() + 4);
     let mut length: Option<u64> = None;
     let mut te = false;
     let mut chunked = false;
