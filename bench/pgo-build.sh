@@ -8,7 +8,8 @@
 # 1. An instrumented build (target/pgo/gen) records which code runs.
 # 2. It serves a bounded training load on loopback: HTTP/1.1 with 64-byte
 #    and 16 KiB responses, the same route with the governance policies on,
-#    an h2c upstream, HTTPS, and h2c clients (when h2load is installed).
+#    an h2c upstream, HTTPS, an access log with mirrored requests, and h2c
+#    clients (when h2load is installed).
 #    The origin is a second instrumented weir answering direct responses.
 # 3. The release build is optimized with that profile and written where
 #    `cargo build --release` writes it: target/release/weir.
@@ -71,7 +72,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
   -keyout "$work/server.key" -out "$work/server.crt" 2>/dev/null
 
-origin=$(free_port); plain=$(free_port); tls=$(free_port)
+origin=$(free_port); plain=$(free_port); tls=$(free_port); logged=$(free_port)
 big=$(head -c 16384 /dev/zero | tr '\0' 'x')
 cat >"$work/origin.yaml" <<CONF
 runtime: { threads: 1 }
@@ -123,6 +124,22 @@ upstreams:
     targets: [{ address: 127.0.0.1:$origin }]
     protocol: h2c
 CONF
+# The same proxying with an access log and a mirrored copy of some requests.
+cat >"$work/logged.yaml" <<CONF
+runtime: { threads: 1 }
+access_log: { enabled: true, path: $work/access.log }
+listeners: [{ name: logged, address: 127.0.0.1:$logged }]
+routes:
+  - name: all
+    match: { path_prefix: / }
+    upstream: origin
+    mirror: { upstream: shadow, percent: 10 }
+upstreams:
+  - name: origin
+    targets: [{ address: 127.0.0.1:$origin }]
+  - name: shadow
+    targets: [{ address: 127.0.0.1:$origin }]
+CONF
 # Each process writes its profile when it exits (SIGTERM: a clean stop).
 LLVM_PROFILE_FILE="$profiles/origin-%p.profraw" "$gen" run --config "$work/origin.yaml" \
   >/dev/null 2>"$work/origin.log" &
@@ -130,7 +147,11 @@ pids+=($!)
 LLVM_PROFILE_FILE="$profiles/proxy-%p.profraw" "$gen" run --config "$work/proxy.yaml" \
   >/dev/null 2>"$work/proxy.log" &
 pids+=($!)
+LLVM_PROFILE_FILE="$profiles/logged-%p.profraw" "$gen" run --config "$work/logged.yaml" \
+  >/dev/null 2>"$work/logged.log" &
+pids+=($!)
 wait_url "http://127.0.0.1:$origin/small"
+wait_url "http://127.0.0.1:$logged/small"
 # Every path the training loads must answer 200, or the profile would
 # record error paths instead of the ones worth optimizing.
 for path in /small /16k /policies/small /policies/16k /h2/small; do
@@ -150,6 +171,7 @@ for path in /small /16k /policies/small /policies/16k /h2/small; do
   load -c64 "http://127.0.0.1:$plain$path"
 done
 load -c256 "http://127.0.0.1:$plain/small"
+load -c64 "http://127.0.0.1:$logged/small"
 load -c64 "https://127.0.0.1:$tls/small"
 load -c64 "https://127.0.0.1:$tls/16k"
 if command -v h2load >/dev/null 2>&1; then
@@ -163,8 +185,13 @@ for p in "${pids[@]}"; do kill -TERM "$p"; done
 for p in "${pids[@]}"; do wait "$p" || true; done
 pids=()
 ls "$profiles"/*.profraw >/dev/null 2>&1 || { echo "bench/pgo-build.sh: no profile was written" >&2; exit 1; }
-"$profdata" merge -o "$pgo/weir.profdata" "$profiles"/*.profraw
+"$profdata" merge -o "$pgo/merged.profdata" "$profiles"/*.profraw
+# Named by its content: cargo sees a new profile as a change of flags and
+# rebuilds, where the same file name would leave the old build in place.
+sum=$(sha256sum "$pgo/merged.profdata" | cut -c1-16)
+rm -f "$pgo"/weir-*.profdata
+mv "$pgo/merged.profdata" "$pgo/weir-$sum.profdata"
 
 log "3/3 optimized build"
-RUSTFLAGS="-Cprofile-use=$pgo/weir.profdata" cargo build --release --bin weir
-log "done: $root/target/release/weir (profile: $pgo/weir.profdata)"
+RUSTFLAGS="-Cprofile-use=$pgo/weir-$sum.profdata" cargo build --release --bin weir
+log "done: $root/target/release/weir (profile: $pgo/weir-$sum.profdata)"
