@@ -179,16 +179,7 @@ impl RetryPolicy {
     /// (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) or it
     /// carries a non-empty `Idempotency-Key` header.
     pub fn is_retryable_request(method: &Method, headers: &HeaderMap) -> bool {
-        let idempotent = matches!(
-            *method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
-        idempotent
+        is_idempotent(method)
             || headers
                 .get_all(IDEMPOTENCY_KEY)
                 .iter()
@@ -372,6 +363,15 @@ fn sum_window(slots: &[AtomicU64; SLOTS], e: u64, skip: Option<usize>) -> u64 {
         .filter(|(slot_epoch, _)| slot_epoch + SLOTS as u64 > e)
         .map(|(_, count)| count)
         .sum()
+}
+
+/// True for the methods RFC 9110 §9.2.2 defines as idempotent: GET, HEAD,
+/// OPTIONS, TRACE, PUT, DELETE.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 #[cfg(test)]

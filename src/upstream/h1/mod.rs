@@ -156,15 +156,7 @@ impl Http1Conn {
             // A body that is already on its way with the head is never polled,
             // so the request can be sent again as it is.
             let replayable = body_done;
-            let idempotent = matches!(
-                parts.method,
-                Method::GET
-                    | Method::HEAD
-                    | Method::PUT
-                    | Method::DELETE
-                    | Method::OPTIONS
-                    | Method::TRACE
-            );
+            let idempotent = crate::policy::retry::is_idempotent(&parts.method);
             let sent = match self.send_request(&mut body, framing, body_done).await {
                 Ok(sent) => sent,
                 Err((written, e)) => {
