@@ -312,6 +312,48 @@ fn version_prints_the_crate_version() {
     );
 }
 
+/// The allocator settings weir chooses (mimalloc's verbose start-up report
+/// lists them), and an operator's `MIMALLOC_*` variable taking precedence.
+#[test]
+fn allocator_defaults_apply_and_mimalloc_environment_overrides_them() {
+    // Runs `weir version` with mimalloc's report on and the given variables
+    // set (`None`: removed); returns the reported (purge_delay, eager_commit).
+    let report = |purge: Option<&str>, commit: Option<&str>| {
+        let mut cmd = weir();
+        cmd.arg("version").env("MIMALLOC_VERBOSE", "1");
+        for (name, value) in [
+            ("MIMALLOC_PURGE_DELAY", purge),
+            ("MIMALLOC_EAGER_COMMIT", commit),
+        ] {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+        let out = run(cmd);
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        // The version still goes to stdout alone.
+        assert_eq!(
+            out.stdout.trim(),
+            format!("weir {}", env!("CARGO_PKG_VERSION"))
+        );
+        let option = |name: &str| {
+            let prefix = format!("mimalloc: option '{name}': ");
+            out.stderr
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in:\n{}", out.stderr))
+        };
+        (option("purge_delay"), option("eager_commit"))
+    };
+    assert_eq!(report(None, None), ("1".to_owned(), "0".to_owned()));
+    assert_eq!(
+        report(Some("7"), Some("1")),
+        ("7".to_owned(), "1".to_owned())
+    );
+}
+
 #[test]
 fn help_lists_the_subcommands() {
     let mut cmd = weir();
