@@ -69,12 +69,12 @@ impl ConnBuilders {
         // With TLS, ALPN decides; both builders are ready for what it picks.
         let h1 = (tls.is_some() || protocols.contains(&ListenerProtocol::Http1)).then(|| {
             let mut b = http1::Builder::new();
-            // Plain TCP: a small response flattened into one buffer goes out
-            // with one `write`, cheaper than an iovec. Over TLS the bytes are
-            // copied into records anyway: handing rustls the head and the
-            // body's own buffers saves copying the body once more (and the
-            // per-connection buffer that copy needs), in one `writev` still.
-            b.writev(tls.is_some());
+            // hyper hands the head and the body's own buffers to one vectored
+            // write instead of copying them into a per-connection buffer
+            // that grows to the largest response; `H1Io` gathers a small
+            // response into one plain `write`. Over TLS, rustls copies the
+            // bytes into records anyway.
+            b.writev(true);
             // A head that does not fit the buffer, or parses longer than
             // the limit, or has too many fields, is answered 431 by hyper.
             // The buffer bound also stops a head from being buffered past

@@ -98,7 +98,14 @@ pub(super) struct H1Io<S> {
     /// land inside a response.
     flushed: bool,
     phase: Phase,
+    /// Where a small vectored write is gathered (see `poll_write_vectored`);
+    /// empty until the first one.
+    gather: Vec<u8>,
 }
+
+/// Vectored writes of at most this many bytes in all are copied into one
+/// buffer and written with one `write`.
+const GATHER_MAX: usize = 4 * 1024;
 
 impl<S> H1Io<S> {
     /// Wraps a connection whose first bytes have arrived (or, over TLS,
@@ -121,6 +128,7 @@ impl<S> H1Io<S> {
             }),
             flushed: true,
             phase: Phase::Open,
+            gather: Vec::new(),
         }
     }
 
@@ -274,7 +282,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Io<S> {
         if matches!(this.phase, Phase::Replying(_) | Phase::Closed) {
             return Poll::Ready(Err(head_timed_out()));
         }
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        // hyper queues a response's head and body as separate buffers
+        // (`writev(true)`): a large body goes out from its own bytes,
+        // without the copy into a per-connection buffer that hyper's
+        // flattening makes (and keeps, as large as the largest response, for
+        // the connection's life: 32 KiB per connection with 16 KiB bodies).
+        // A small response is gathered here instead: one plain `write` costs
+        // less than an iovec, and the buffer stays small.
+        let r = match gather(bufs, &mut this.gather) {
+            Some(one) => Pin::new(&mut this.inner).poll_write(cx, one),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        };
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.flushed = false;
         }
@@ -331,5 +349,49 @@ pub(super) async fn h2_idle(ctx: &ConnCtx, keepalive_idle: Duration, spent: bool
             Some(since) => since.max(start) + keepalive_idle,
         };
         timer.as_mut().reset(next.into());
+    }
+}
+
+/// Copies `bufs` into `into` and returns them as one slice when there are
+/// several and they hold at most `GATHER_MAX` bytes in all; `None` when they
+/// should go out as they are.
+fn gather<'a>(bufs: &[io::IoSlice<'_>], into: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    if bufs.len() < 2 || bufs.iter().map(|b| b.len()).sum::<usize>() > GATHER_MAX {
+        return None;
+    }
+    into.clear();
+    for b in bufs {
+        into.extend_from_slice(b);
+    }
+    Some(into)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+
+    use super::{gather, GATHER_MAX};
+
+    #[test]
+    fn small_writes_are_gathered_in_order_and_large_ones_left_vectored() {
+        let mut into = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".as_slice();
+        let parts = [IoSlice::new(head), IoSlice::new(b"hello")];
+        assert_eq!(
+            gather(&parts, &mut into),
+            Some([head, b"hello"].concat().as_slice())
+        );
+        // The buffer is reused, not appended to.
+        let parts = [IoSlice::new(b"ab"), IoSlice::new(b"cd")];
+        assert_eq!(gather(&parts, &mut into), Some(b"abcd".as_slice()));
+
+        let one = [IoSlice::new(b"alone")];
+        assert_eq!(gather(&one, &mut into), None);
+        let body = vec![b'x'; GATHER_MAX - head.len()];
+        let exact = [IoSlice::new(head), IoSlice::new(&body)];
+        assert_eq!(gather(&exact, &mut into).map(<[u8]>::len), Some(GATHER_MAX));
+        let body = vec![b'x'; GATHER_MAX - head.len() + 1];
+        let large = [IoSlice::new(head), IoSlice::new(&body)];
+        assert_eq!(gather(&large, &mut into), None);
     }
 }
