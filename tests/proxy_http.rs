@@ -53,6 +53,47 @@ async fn forwards_get_with_path_query_and_response() {
     assert_eq!(e.body_len, 0);
 }
 
+/// Responses on either side of the size up to which weir gathers a response
+/// into one write (4 KiB, head included), larger ones written from their own
+/// buffers, and chunked ones, one after another on one client connection:
+/// each arrives whole, byte for byte, in order.
+#[tokio::test]
+async fn responses_of_every_size_arrive_intact_on_one_connection() {
+    let body = |len: usize| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8).collect() };
+    let sizes = [0usize, 1, 3_900, 4_000, 4_096, 4_097, 16_384, 300_000];
+    let mut up = Upstream::http1();
+    for len in sizes {
+        up = up.route(&format!("/{len}"), Reply::text(200, body(len)));
+    }
+    let up = up
+        .route(
+            "/chunked",
+            Reply::chunks(&["first ", &"x".repeat(5_000), " last"]),
+        )
+        .spawn()
+        .await;
+    let gw = TestGateway::with(&config(""), &[("up", &up.addr())]).await;
+
+    let mut conn = RawConn::connect(gw.addr()).await;
+    for round in 0..2 {
+        for len in sizes {
+            conn.write(format!("GET /{len} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .await;
+            let resp = conn.read_response(false).await;
+            assert_eq!(resp.status, 200, "/{len}, round {round}");
+            assert_eq!(resp.body.len(), len, "/{len}, round {round}");
+            assert!(
+                resp.body == body(len),
+                "/{len}: body differs, round {round}"
+            );
+        }
+        conn.write(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        let resp = conn.read_response(false).await;
+        assert_eq!(resp.text(), format!("first {} last", "x".repeat(5_000)));
+    }
+}
+
 #[tokio::test]
 async fn forwards_post_body() {
     let (_up, gw) = echo_gateway("").await;

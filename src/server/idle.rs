@@ -282,13 +282,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for H1Io<S> {
         if matches!(this.phase, Phase::Replying(_) | Phase::Closed) {
             return Poll::Ready(Err(head_timed_out()));
         }
-        // hyper queues a response's head and body as separate buffers
-        // (`writev(true)`): a large body goes out from its own bytes,
-        // without the copy into a per-connection buffer that hyper's
-        // flattening makes (and keeps, as large as the largest response, for
-        // the connection's life: 32 KiB per connection with 16 KiB bodies).
-        // A small response is gathered here instead: one plain `write` costs
-        // less than an iovec, and the buffer stays small.
+        // hyper hands over a response's head and body as separate buffers
+        // (`writev(true)`, see `ConnBuilders`); a small response costs less
+        // as one plain `write` than as an iovec, and gathering it needs
+        // only a buffer of `GATHER_MAX`.
         let r = match gather(bufs, &mut this.gather) {
             Some(one) => Pin::new(&mut this.inner).poll_write(cx, one),
             None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
