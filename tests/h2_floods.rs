@@ -145,9 +145,11 @@ async fn flood(
     }
     ended.elapsed = start.elapsed();
     if read {
-        // Give weir's answer to the last frames a moment to arrive.
+        // Give weir's answer to the last frames a moment to arrive and,
+        // after a GOAWAY, the close that follows it: the flood loop may
+        // have stopped on the GOAWAY before the reader saw the end.
         let _ = tokio::time::timeout(STALL, async {
-            while rx.borrow().0.is_none() && !rx.borrow().1 {
+            while !rx.borrow_and_update().1 {
                 if rx.changed().await.is_err() {
                     break;
                 }
