@@ -263,6 +263,28 @@ async fn client_ip_key_ignores_a_spoofed_forwarded_for() {
     assert_eq!(up.request_count(), 2);
 }
 
+/// Each client address has its own bucket, kept across its connections.
+#[tokio::test]
+async fn client_ip_buckets_follow_the_peer_address() {
+    let up = Upstream::echo().await;
+    let gw = gateway(&up, "", "{ requests: 2, per: 1m, key: client_ip }").await;
+    let a: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let b: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+
+    let mut first = H1Client::connect_from(gw.addr(), a).await;
+    assert_eq!(rate_state(&first.get("/api/x").await), (1, 30));
+    assert_eq!(first.get("/api/x").await.status, 200);
+    assert_rate_limited(&first.get("/api/x").await);
+    // Another address starts full, on its own connection.
+    let mut other = H1Client::connect_from(gw.addr(), b).await;
+    assert_eq!(rate_state(&other.get("/api/x").await).0, 1);
+    // A new connection from the first address finds its bucket spent.
+    let mut again = H1Client::connect_from(gw.addr(), a).await;
+    assert_rate_limited(&again.get("/api/x").await);
+    assert_eq!(other.get("/api/x").await.status, 200);
+    assert_eq!(up.request_count(), 4);
+}
+
 #[tokio::test]
 async fn admits_again_once_the_allowance_refills() {
     let up = Upstream::echo().await;

@@ -103,6 +103,28 @@ async fn a_trusted_peer_extends_the_list_and_names_the_client() {
     assert!(clients[5].starts_with("127.0.0.1:"), "{clients:?}");
 }
 
+/// A trusted peer's connection carries many clients: each request is counted
+/// against the client it names, not the connection.
+#[tokio::test]
+async fn forwarded_clients_on_one_connection_are_counted_apart() {
+    let (_up, gw) = gateway("trusted_proxies: [127.0.0.0/8]\n", None).await;
+    let mut conn = H1Client::connect(gw.addr()).await;
+    let mut get = async |forwarded: Option<&str>| {
+        let mut r = req(Method::GET, "/limited");
+        if let Some(f) = forwarded {
+            r = r.header("x-forwarded-for", f);
+        }
+        conn.request(r.body(empty()).unwrap()).await.status
+    };
+    assert_eq!(get(Some("203.0.113.7")).await, 200);
+    assert_eq!(get(Some("198.51.100.9")).await, 200);
+    assert_eq!(get(None).await, 200, "the peer itself is one more client");
+    assert_eq!(get(Some("203.0.113.7")).await, 429);
+    assert_eq!(get(None).await, 429);
+    assert_eq!(get(Some("198.51.100.9")).await, 429);
+    assert_eq!(get(Some("192.0.2.44")).await, 200);
+}
+
 #[tokio::test]
 async fn consistent_hashing_on_client_ip_uses_the_forwarded_client() {
     let a = Upstream::echo().await;

@@ -14,7 +14,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -69,9 +69,6 @@ pub struct LocalLimiter {
     spec: RateSpec,
     params: Params,
     shared: CacheLine<AtomicU64>,
-    // Keyed per limiter so that clients cannot aim keys at one shard or one
-    // map bucket without knowing it.
-    hasher: RandomState,
     shards: [CacheLine<Mutex<Shard>>; SHARDS],
 }
 
@@ -116,6 +113,15 @@ struct Params {
 /// absurd period) is stored as `u64::MAX`.
 pub fn gcra(tat: u64, now: u64, spec: &RateSpec) -> (u64, RateDecision) {
     Params::new(spec).step(tat, now)
+}
+
+/// The bucket identity of a rate-limit key. Hashed with a key drawn at
+/// random once per process, so that clients cannot aim keys at one shard or
+/// one map bucket without knowing it; the same for every limiter, so that a
+/// caller may hash a key once and use it on any route.
+pub fn key_hash(key: &[u8]) -> u64 {
+    static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    HASHER.hash_one(key)
 }
 
 /// The `RateLimit-Policy` value of a spec, computed once per route:
@@ -165,7 +171,6 @@ impl LocalLimiter {
             spec,
             params: Params::new(&spec),
             shared: CacheLine(AtomicU64::new(0)),
-            hasher: RandomState::new(),
             shards: std::array::from_fn(|_| CacheLine::default()),
         }
     }
@@ -180,10 +185,16 @@ impl LocalLimiter {
     /// bucket shared by the whole route. `now` is the time since an origin of
     /// the caller's choosing, the same for every call.
     pub fn admit(&self, key: Option<&[u8]>, now: Duration) -> RateDecision {
+        self.admit_hashed(key.map(key_hash), now)
+    }
+
+    /// [`admit`](Self::admit) for a key already hashed with [`key_hash`]
+    /// (a connection's peer address is hashed once, not per request).
+    pub fn admit_hashed(&self, key: Option<u64>, now: Duration) -> RateDecision {
         let now = saturating_nanos(now);
         match key {
             None => self.admit_shared(now),
-            Some(key) => self.admit_keyed(self.hasher.hash_one(key), now),
+            Some(hash) => self.admit_keyed(hash, now),
         }
     }
 

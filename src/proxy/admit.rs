@@ -5,12 +5,13 @@
 
 use http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use http::request::Parts;
-use std::time::Instant;
+use std::time::Duration;
 
+use super::conn::ConnCtx;
 use super::deadline::{within, Deadline};
 use super::error::ProxyError;
 use super::policies::{Backend, RateLimiter, RoutePolicies};
-use crate::policy::rate_limit::{RateDecision, RATELIMIT, RATELIMIT_POLICY};
+use crate::policy::rate_limit::{key_hash, RateDecision, RATELIMIT, RATELIMIT_POLICY};
 use weir_config::{OnBackendError, RateKey};
 
 /// Headers a rate-limited route adds to its responses.
@@ -43,14 +44,24 @@ pub struct Refusal {
     pub rate: Option<RateHeaders>,
 }
 
-/// Runs the admit stage. `Ok` carries the rate-limit headers for the
-/// response when the route is rate limited.
+/// Whom a request counts against when a route limits by client address.
+pub struct Client<'a> {
+    /// The address as text (the Redis key).
+    pub ip: &'a HeaderValue,
+    /// The connection, when `ip` is its peer's: the local limiter then uses
+    /// the key hash the connection keeps.
+    pub conn: Option<&'a ConnCtx>,
+}
+
+/// Runs the admit stage. `now` is the request's start on the route's policy
+/// clock. `Ok` carries the rate-limit headers for the response when the
+/// route is rate limited.
 pub async fn admit(
     policies: &RoutePolicies,
     parts: &Parts,
-    client_ip: &HeaderValue,
+    client: Client<'_>,
     deadline: &mut Option<Deadline>,
-    start: Instant,
+    now: Duration,
 ) -> Result<Option<RateHeaders>, Refusal> {
     if let Some(fault) = &policies.fault {
         let decision = fault.decide(&parts.headers, fastrand::f64);
@@ -76,7 +87,7 @@ pub async fn admit(
     let Some(limiter) = &policies.rate_limit else {
         return Ok(None);
     };
-    let decision = match decide(limiter, policies, parts, client_ip, start).await {
+    let decision = match decide(limiter, policies, parts, client, now).await {
         Some(d) => d,
         // The backend could not answer and the policy let the request through.
         None => return Ok(None),
@@ -107,11 +118,11 @@ async fn decide(
     limiter: &RateLimiter,
     policies: &RoutePolicies,
     parts: &Parts,
-    client_ip: &HeaderValue,
-    start: Instant,
+    client: Client<'_>,
+    now: Duration,
 ) -> Option<RateDecision> {
     let key: Option<&[u8]> = match &limiter.key {
-        RateKey::ClientIp => Some(client_ip.as_bytes()),
+        RateKey::ClientIp => Some(client.ip.as_bytes()),
         // Requests without the header share one bucket: leaving them
         // unlimited would make the limit trivial to bypass.
         RateKey::Header(name) => Some(
@@ -123,7 +134,13 @@ async fn decide(
         RateKey::Route => None,
     };
     match &limiter.backend {
-        Backend::Local(local) => Some(local.admit(key, policies.now_at(start))),
+        Backend::Local(local) => {
+            let hash = match (&limiter.key, client.conn) {
+                (RateKey::ClientIp, Some(conn)) => Some(conn.client_key()),
+                _ => key.map(key_hash),
+            };
+            Some(local.admit_hashed(hash, now))
+        }
         Backend::Redis(redis) => {
             let mut full = String::with_capacity(limiter.key_prefix.len() + 40);
             full.push_str(&limiter.key_prefix);

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -30,6 +30,8 @@ pub struct ConnCtx {
     /// The client's IP as a header value, formatted once per connection for
     /// `X-Forwarded-For`.
     pub client_ip: HeaderValue,
+    /// `client_ip` hashed as a rate-limit key, on first use.
+    client_key: OnceLock<u64>,
     /// What the TLS handshake settled, on a TLS listener.
     pub tls: Option<TlsSession>,
     /// The limits checked on each request of this connection.
@@ -59,6 +61,7 @@ impl ConnCtx {
             state,
             client,
             client_ip,
+            client_key: OnceLock::new(),
             tls: None,
             limits,
             trusted: None,
@@ -70,6 +73,13 @@ impl ConnCtx {
             cached: Mutex::new(None),
             timer: Mutex::new(None),
         }
+    }
+
+    /// `client_ip` as a rate-limit key, hashed once per connection.
+    pub fn client_key(&self) -> u64 {
+        *self
+            .client_key
+            .get_or_init(|| crate::policy::rate_limit::key_hash(self.client_ip.as_bytes()))
     }
 
     /// Counts a request; true when it is the last one this connection may

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use weir_config::UpstreamProtocol;
 
-use super::admit::admit;
+use super::admit::{admit, Client};
 use super::body::ResponseBody;
 use super::complete::{Completion, UpstreamUse, WebSocketStage};
 use super::deadline::{within, Deadline};
@@ -97,14 +97,27 @@ pub(super) fn run<'a>(
         });
 
         // Admit.
-        let client_ip = match done.forwarded_client.as_deref() {
-            Some((_, text)) => text,
-            None => &done.ctx.client_ip,
+        // The request's start on the route's policy clock, read once for
+        // the rate limit and the retry budget.
+        let policy_now = if policies.rate_limit.is_some() || policies.budget.is_some() {
+            policies.now_at(done.start)
+        } else {
+            Duration::ZERO
+        };
+        let client = match done.forwarded_client.as_deref() {
+            Some((_, text)) => Client {
+                ip: text,
+                conn: None,
+            },
+            None => Client {
+                ip: &done.ctx.client_ip,
+                conn: Some(&done.ctx),
+            },
         };
         let admitted = if policies.fault.is_none() && policies.rate_limit.is_none() {
             Ok(None)
         } else {
-            admit(policies, &parts, client_ip, &mut total, done.start).await
+            admit(policies, &parts, client, &mut total, policy_now).await
         };
         let rate = match admitted {
             Ok(rate) => rate,
@@ -151,7 +164,7 @@ pub(super) fn run<'a>(
         // Which copies of the request are needed: one per retry, one for the
         // mirror. Both need the body in memory.
         if let Some(budget) = &policies.budget {
-            budget.record_request(policies.now_at(done.start));
+            budget.record_request(policy_now);
         }
         let mut retry = policies
             .retry

@@ -104,6 +104,23 @@ impl H1Client {
         let stream = within(IO_TIMEOUT, "connect", TcpStream::connect(addr))
             .await
             .expect("connect to weir");
+        H1Client::over(addr, stream).await
+    }
+
+    /// A connection from the loopback address `from` (any of 127.0.0.0/8),
+    /// for tests that need clients with different addresses.
+    pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> H1Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client address");
+        let stream = within(IO_TIMEOUT, "connect", socket.connect(addr))
+            .await
+            .expect("connect to weir");
+        H1Client::over(addr, stream).await
+    }
+
+    async fn over(addr: SocketAddr, stream: TcpStream) -> H1Client {
         let _ = stream.set_nodelay(true);
         let (sender, conn) = within(
             IO_TIMEOUT,
