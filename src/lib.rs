@@ -14,11 +14,13 @@
 //! - `snapshot` / `state`: the compiled config and the process-wide handle to it.
 //! - `server`: listeners, accept loops, graceful shutdown. `admin`: the operator API.
 //! - `cli`: the command line; the only place that uses `anyhow`.
+//! - `decimal`: integers formatted for HTTP heads without allocating.
 //!
 //! The configuration contract itself lives in the `weir-config` crate.
 
 pub mod admin;
 pub mod cli;
+pub mod decimal;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::decimal::Decimal;
+
 #[cfg(test)]
 mod tests;
 
@@ -145,9 +147,9 @@ impl RateDecision {
         let mut len = 0;
         for part in [
             &b"\"default\";r="[..],
-            digits(self.remaining).as_slice(),
+            Decimal::new(self.remaining).as_bytes(),
             b";t=",
-            digits(ceil_secs(self.reset)).as_slice(),
+            Decimal::new(ceil_secs(self.reset)).as_bytes(),
         ] {
             buf[len..len + part.len()].copy_from_slice(part);
             len += part.len();
@@ -360,47 +362,6 @@ fn saturating_nanos(d: Duration) -> u64 {
 
 fn clamp(n: u128) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
-}
-
-/// The decimal digits of `n`, in a small inline vector (at most 20).
-fn digits(mut n: u64) -> Digits {
-    // Two digits per division: these are written on every response of a
-    // rate-limited route.
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-        2021222324252627282930313233343536373839\
-        4041424344454647484950515253545556575859\
-        6061626364656667686970717273747576777879\
-        8081828384858687888990919293949596979899";
-    let mut out = Digits {
-        buf: [0; 20],
-        start: 20,
-    };
-    while n >= 100 {
-        let pair = (n % 100) as usize * 2;
-        n /= 100;
-        out.start -= 2;
-        out.buf[out.start..out.start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if n >= 10 {
-        let pair = n as usize * 2;
-        out.start -= 2;
-        out.buf[out.start..out.start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        out.start -= 1;
-        out.buf[out.start] = b'0' + n as u8;
-    }
-    out
-}
-
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
 }
 
 fn ceil_secs(d: Duration) -> u64 {

@@ -241,26 +241,3 @@ fn headers_follow_the_ratelimit_draft() {
     assert_eq!(whole.header(), "\"default\";r=7;t=0");
     assert_eq!(whole.retry_after_secs(), 2);
 }
-
-#[test]
-fn digits_match_decimal_formatting() {
-    let mut values = vec![
-        0,
-        1,
-        9,
-        10,
-        11,
-        99,
-        100,
-        101,
-        999,
-        1000,
-        u64::MAX,
-        u64::MAX - 1,
-    ];
-    values.extend((0..20).map(|i| 10u64.pow(i)));
-    values.extend((1..20).map(|i| 10u64.pow(i) - 1));
-    for n in values {
-        assert_eq!(digits(n).as_slice(), n.to_string().as_bytes(), "{n}");
-    }
-}

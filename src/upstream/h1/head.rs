@@ -12,6 +12,7 @@ use http_body::Body;
 
 use super::body::Decoder;
 use super::Error;
+use crate::decimal::Decimal;
 use crate::upstream::OutboundBody;
 
 /// `Keep-Alive` (RFC 7230 §A.1.2): parameters of a kept-alive HTTP/1.x
@@ -136,7 +137,7 @@ pub(super) fn encode_request(out: &mut Vec<u8>, parts: &Parts, body: &OutboundBo
     match framing {
         Framing::Length(n) if declared.is_none() => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa(n, &mut [0u8; 20]));
+            out.extend_from_slice(Decimal::new(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -156,19 +157,6 @@ fn carries_payload(method: &Method) -> bool {
             | Method::CONNECT
             | Method::TRACE
     )
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// How the response body is delimited.
