@@ -8,6 +8,7 @@
 //! (`proxy`) beyond handing it a `ConnCtx`, nor binding, reloads or
 //! upgrades (the parent module).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -36,12 +37,29 @@ pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// hyper's default limit on the number of request header fields.
 pub(super) const HYPER_MAX_HEADERS: usize = 100;
 
+/// Runs hyper's HTTP/2 stream tasks (one per request, each holding the
+/// request pipeline's future inline), boxed before they are spawned: the
+/// spawn then moves a pointer instead of copying kilobytes of future
+/// through each of its layers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}
+
 /// The connection builders of one listener: one per protocol it speaks,
 /// and its TLS when it terminates TLS, set up with `limits:`.
 pub(super) struct ConnBuilders {
     name: String,
     h1: Option<http1::Builder>,
-    h2: Option<http2::Builder<TokioExecutor>>,
+    h2: Option<http2::Builder<StreamExecutor>>,
     tls: Option<Arc<ServerTls>>,
     tls_handshake_timeout: Duration,
     /// Also how long a new connection may take to send its first bytes.
@@ -94,7 +112,7 @@ impl ConnBuilders {
             b
         });
         let h2 = (tls.is_some() || protocols.contains(&ListenerProtocol::H2c)).then(|| {
-            let mut b = http2::Builder::new(TokioExecutor::new());
+            let mut b = http2::Builder::new(StreamExecutor);
             b.timer(TokioTimer::new());
             // Validation keeps these within u32 (RFC 9113 windows are
             // 31-bit).
@@ -244,9 +262,12 @@ pub(super) async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let _guard = state.metrics.downstream_connection();
+    // The TLS and HTTP stages are boxed: their futures (rustls' and
+    // hyper's connection state) would otherwise make this task's future
+    // tens of KiB, copied several times over as the task is spawned.
     if let Some(tls) = &builders.tls {
         let tls = tls.clone();
-        return serve_tls(stream, peer, &tls, builders, state, watcher).await;
+        return Box::pin(serve_tls(stream, peer, &tls, builders, state, watcher)).await;
     }
     let protocol = match (&builders.h1, &builders.h2) {
         (Some(_), None) => Sniffed::Http1,
@@ -266,7 +287,7 @@ pub(super) async fn serve_connection(
     let ctx = Arc::new(
         ConnCtx::new(state, peer, builders.limits.clone()).with_trusted(&builders.trusted),
     );
-    serve_http(stream, h2, ctx, builders, watcher).await;
+    Box::pin(serve_http(stream, h2, ctx, builders, watcher)).await;
 }
 
 /// Serves a client connection with hyper, HTTP/2 when `h2` and HTTP/1.1
