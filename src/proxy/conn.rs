@@ -16,6 +16,7 @@ use http::HeaderValue;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
+use crate::decimal::Decimal;
 use crate::state::State;
 use crate::tls::TlsSession;
 use crate::upstream::{Http1Conn, Target};
@@ -55,8 +56,7 @@ pub struct ConnCtx {
 impl ConnCtx {
     /// State for a newly accepted client connection.
     pub fn new(state: Arc<State>, client: SocketAddr, limits: Arc<RequestLimits>) -> Self {
-        let client_ip = HeaderValue::from_str(&client.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown"));
+        let client_ip = ip_value(client.ip());
         ConnCtx {
             state,
             client,
@@ -337,9 +337,52 @@ impl Drop for ConnCtx {
     }
 }
 
+/// An address as a header value (`X-Forwarded-For`, the rate-limit key).
+/// IPv4 is written by hand: `Display` costs about 1,200 instructions, and
+/// every new client connection formats its peer.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let text = match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = Decimal::new(u64::from(octet));
+                let digits = digits.as_bytes();
+                buf[len..len + digits.len()].copy_from_slice(digits);
+                len += digits.len();
+            }
+            HeaderValue::from_bytes(&buf[..len])
+        }
+        IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
+    };
+    text.unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_values_read_like_display() {
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.0.2.7",
+            "9.99.100.199",
+            "::1",
+            "2001:db8::1",
+            "::ffff:10.1.2.3",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_value(ip), ip.to_string().as_str(), "{text}");
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -166,8 +166,7 @@ fn handle_request(
                 .iter()
                 .map(HeaderValue::as_bytes);
             done.forwarded_client = trusted.client(chain).map(|ip| {
-                let text = HeaderValue::from_str(&ip.to_string())
-                    .unwrap_or(HeaderValue::from_static("unknown"));
+                let text = conn::ip_value(ip);
                 // Boxed: rare, and the request state is moved a few times.
                 Box::new((ip, text))
             });
