@@ -269,19 +269,21 @@ pub(super) async fn serve_connection(
         let tls = tls.clone();
         return Box::pin(serve_tls(stream, peer, &tls, builders, state, watcher)).await;
     }
-    let protocol = match (&builders.h1, &builders.h2) {
-        (Some(_), None) => Sniffed::Http1,
-        (None, Some(_)) => Sniffed::Http2,
-        _ => tokio::time::timeout(builders.header_read_timeout, sniff(&stream))
-            .await
-            .unwrap_or(Sniffed::Gone),
+    let (protocol, sniffed) = match (&builders.h1, &builders.h2) {
+        (Some(_), None) => (Sniffed::Http1, false),
+        (None, Some(_)) => (Sniffed::Http2, false),
+        _ => {
+            let sniffing = tokio::time::timeout(builders.header_read_timeout, sniff(&stream));
+            (sniffing.await.unwrap_or(Sniffed::Gone), true)
+        }
     };
     let h2 = match protocol {
         Sniffed::Http1 => false,
         Sniffed::Http2 => true,
         Sniffed::Gone => return,
     };
-    if !first_bytes(&stream, stop, builders.header_read_timeout).await {
+    // Sniffing has seen the first bytes already.
+    if !sniffed && !first_bytes(&stream, stop, builders.header_read_timeout).await {
         return;
     }
     let ctx = Arc::new(
