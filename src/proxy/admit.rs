@@ -45,12 +45,22 @@ pub struct Refusal {
 }
 
 /// Whom a request counts against when a route limits by client address.
-pub struct Client<'a> {
-    /// The address as text (the Redis key).
-    pub ip: &'a HeaderValue,
-    /// The connection, when `ip` is its peer's: the local limiter then uses
-    /// the key hash the connection keeps.
-    pub conn: Option<&'a ConnCtx>,
+pub enum Client<'a> {
+    /// The connection's peer: the local limiter uses the key hash the
+    /// connection keeps.
+    Peer(&'a ConnCtx),
+    /// A client named by a trusted proxy's `X-Forwarded-For`, as text.
+    Forwarded(&'a HeaderValue),
+}
+
+impl Client<'_> {
+    /// The address as text (the Redis key, and the local key when forwarded).
+    fn ip(&self) -> &HeaderValue {
+        match self {
+            Client::Peer(conn) => &conn.client_ip,
+            Client::Forwarded(ip) => ip,
+        }
+    }
 }
 
 /// Runs the admit stage. `now` is the request's start on the route's policy
@@ -122,7 +132,7 @@ async fn decide(
     now: Duration,
 ) -> Option<RateDecision> {
     let key: Option<&[u8]> = match &limiter.key {
-        RateKey::ClientIp => Some(client.ip.as_bytes()),
+        RateKey::ClientIp => Some(client.ip().as_bytes()),
         // Requests without the header share one bucket: leaving them
         // unlimited would make the limit trivial to bypass.
         RateKey::Header(name) => Some(
@@ -135,8 +145,8 @@ async fn decide(
     };
     match &limiter.backend {
         Backend::Local(local) => {
-            let hash = match (&limiter.key, client.conn) {
-                (RateKey::ClientIp, Some(conn)) => Some(conn.client_key()),
+            let hash = match (&limiter.key, &client) {
+                (RateKey::ClientIp, Client::Peer(conn)) => Some(conn.client_key()),
                 _ => key.map(key_hash),
             };
             Some(local.admit_hashed(hash, now))

@@ -105,14 +105,8 @@ pub(super) fn run<'a>(
             Duration::ZERO
         };
         let client = match done.forwarded_client.as_deref() {
-            Some((_, text)) => Client {
-                ip: text,
-                conn: None,
-            },
-            None => Client {
-                ip: &done.ctx.client_ip,
-                conn: Some(&done.ctx),
-            },
+            Some((_, text)) => Client::Forwarded(text),
+            None => Client::Peer(&done.ctx),
         };
         let admitted = if policies.fault.is_none() && policies.rate_limit.is_none() {
             Ok(None)
