@@ -163,6 +163,54 @@ upstreams:
 }
 
 #[tokio::test]
+async fn consistent_hash_on_client_ip_keeps_each_peer_on_one_target() {
+    let a = Upstream::echo().await;
+    let b = Upstream::echo().await;
+    let gw = TestGateway::with(
+        "routes:
+  - name: all
+    upstream: pool
+upstreams:
+  - name: pool
+    load_balancing: consistent_hash
+    hash_on: client_ip
+    targets:
+      - address: \"{up}\"
+      - address: \"{up2}\"
+",
+        &[("up", &a.addr()), ("up2", &b.addr())],
+    )
+    .await;
+    let mut peers_per_target = [0; 2];
+    for i in 2..22u8 {
+        let peer = std::net::IpAddr::from([127, 0, 0, i]);
+        let mut target = None;
+        // Two connections from the same address, two requests on each.
+        for _ in 0..2 {
+            let mut c = H1Client::connect_from(gw.addr(), peer).await;
+            for _ in 0..2 {
+                let before = (a.request_count(), b.request_count());
+                let resp = c
+                    .request(req(Method::GET, "/").body(empty()).unwrap())
+                    .await;
+                assert_eq!(resp.status, 200);
+                let served = usize::from(b.request_count() > before.1);
+                match target {
+                    None => target = Some(served),
+                    Some(t) => assert_eq!(t, served, "{peer} moved between targets"),
+                }
+            }
+        }
+        peers_per_target[target.unwrap()] += 1;
+    }
+    // Every peer on one target would mean the address was not the key.
+    assert!(
+        peers_per_target.iter().all(|&n| n > 0),
+        "20 peers spread as {peers_per_target:?}"
+    );
+}
+
+#[tokio::test]
 async fn unresolvable_target_is_skipped() {
     let up = Upstream::echo().await;
     let gw = TestGateway::with(

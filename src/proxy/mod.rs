@@ -472,7 +472,8 @@ pub(crate) fn hash_of(on: &HashOn, parts: &Parts, done: &Completion) -> Option<u
         }
         HashOn::ClientIp => Some(match done.forwarded_client.as_deref() {
             Some((_, text)) => hash_key(text.as_bytes()),
-            None => hash_key(done.ctx.client.ip().to_string().as_bytes()),
+            // The peer's address as the connection formatted it once.
+            None => hash_key(done.ctx.client_ip.as_bytes()),
         }),
         HashOn::Path => Some(hash_key(parts.uri.path().as_bytes())),
     }
