@@ -3,7 +3,6 @@
 //! rewritten, route header edits applied), obtaining a connection, and sending
 //! it. Also cleans the target's response headers before they go back.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -361,22 +360,63 @@ pub struct Exchange {
     pub response: Response<UpstreamBody>,
 }
 
+/// The request head for one try, as `send` gets it: lent when another try
+/// may follow (an HTTP/1.1 target's codec only reads it), handed over on
+/// the last try, or a copy of its own when this try changes it. Two words
+/// wide, where the head itself is over 200 bytes: the pipeline's futures
+/// store it, and each byte they store is written per request.
+pub enum Head<'a> {
+    Lent(&'a Parts),
+    Last(&'a mut Parts),
+    Copy(Box<Parts>),
+}
+
+impl Head<'_> {
+    fn get(&self) -> &Parts {
+        match self {
+            Head::Lent(p) => p,
+            Head::Last(p) => p,
+            Head::Copy(p) => p,
+        }
+    }
+
+    /// The head to change for this try alone, copied first when lent.
+    pub fn to_mut(&mut self) -> &mut Parts {
+        if let Head::Lent(p) = self {
+            *self = Head::Copy(Box::new((*p).clone()));
+        }
+        match self {
+            Head::Lent(_) => unreachable!("replaced above"),
+            Head::Last(p) => p,
+            Head::Copy(p) => p,
+        }
+    }
+
+    /// An owned head, for clients that take a request of their own.
+    fn into_owned(self) -> Parts {
+        match self {
+            Head::Lent(p) => p.clone(),
+            Head::Last(p) => std::mem::replace(p, Request::new(()).into_parts().0),
+            Head::Copy(p) => *p,
+        }
+    }
+}
+
 /// Sends `req` to `target`, reusing a connection when possible. Opening a
 /// connection is the cold path and is boxed, which keeps this future (and so
 /// every request's) small: it is moved on each request. A reused
 /// HTTP/1.1 connection that turns out to have been closed by the target
 /// before the request could reach it is replaced by a fresh one, once (see
 /// `h1::SendError::Retry` for when that is safe).
-// The head is borrowed where it can be: an HTTP/1.1 target's codec only
-// reads it, so a try that may be followed by another needs no copy of it;
-// hyper's clients take a request of their own.
+// The head is borrowed (`Head`): an HTTP/1.1 target's codec only reads it,
+// so no try copies it; hyper's clients take a request of their own.
 // Not an `async fn`, so that the arguments are stored once (see `tries::run`).
 #[allow(clippy::manual_async_fn)]
 pub fn send<'a>(
     ctx: Option<&'a ConnCtx>,
     set: &'a UpstreamSet,
     target: &'a Arc<Target>,
-    parts: Cow<'a, Parts>,
+    parts: Head<'a>,
     mut body: OutboundBody,
     connect_timeout: Duration,
     deadline: &'a mut Option<Deadline>,
@@ -386,7 +426,7 @@ pub fn send<'a>(
             // Only a WebSocket handshake keeps `Upgrade` past the hop-by-hop
             // strip: it goes over a fresh hyper connection that can hand the
             // stream to the tunnel.
-            UpstreamProtocol::Http1 if parts.headers.contains_key(header::UPGRADE) => {
+            UpstreamProtocol::Http1 if parts.get().headers.contains_key(header::UPGRADE) => {
                 let req = Request::from_parts(parts.into_owned(), body);
                 Box::pin(send_upgradeable(
                     set,
@@ -404,7 +444,7 @@ pub fn send<'a>(
                 };
                 let mut retried = false;
                 loop {
-                    match within(deadline, conn.send(&parts, body)).await {
+                    match within(deadline, conn.send(parts.get(), body)).await {
                         None => return Err(timeout_error()),
                         Some(Ok(response)) => {
                             return Ok(Exchange {

@@ -5,7 +5,6 @@
 //! carry `x-weir-mirror: 1`, and a request that already carries it is never
 //! mirrored again, so two gateways mirroring to each other cannot loop.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -96,12 +95,12 @@ async fn exchange(
         None => None,
     };
     target.in_flight.fetch_add(1, Ordering::Relaxed);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let result = forward::send(
         None,
         set,
         &target,
-        Cow::Owned(parts),
+        forward::Head::Last(&mut parts),
         body,
         connect_timeout,
         &mut None,

@@ -56,7 +56,10 @@ pub fn head_timeout_response(timeout: std::time::Duration) -> bytes::Bytes {
 
 /// Handles one request from a client connection. Never fails: every error
 /// becomes a response.
-// Not an `async fn`: see `tries::run`.
+// Not an `async fn`: see `tries::run`. One future for the whole pipeline up
+// to the forward stage: hyper stores it per connection, and each nested
+// future would keep its own copy of the request head, written on every
+// request into memory that has gone cold since the connection's last one.
 #[allow(clippy::manual_async_fn)]
 pub fn handle(
     ctx: Arc<ConnCtx>,
@@ -70,7 +73,199 @@ pub fn handle(
             // this one included, finish first.
             ctx.mark_spent();
         }
-        let mut resp = handle_request(ctx, req).await?;
+        let mut resp = 'req: {
+            let start = Instant::now();
+            let snapshot = ctx.state.snapshot.load_full();
+            let (mut parts, body) = req.into_parts();
+            // One walk over the header names serves the strictness checks, the
+            // lookups that only a present header needs, and forwarding later.
+            let mask = forward::scan(&parts.headers);
+            let request_id = request_id(&parts, mask);
+            // Ended by the Completion's drop, however the response ends.
+            ctx.request_started();
+            // Boxed: it travels with the request through every stage and into
+            // the response body; moving a pointer is cheaper than its 300-odd bytes.
+            let mut done = Box::new(Completion {
+                ctx: ctx.clone(),
+                snapshot: snapshot.clone(),
+                route: None,
+                side: 0,
+                method: parts.method.clone(),
+                status: http::StatusCode::OK,
+                start,
+                upstream: None,
+                error: None,
+                attempts: 0,
+                failed_target: None,
+                log: None,
+                trace: None,
+                websocket: WebSocketStage::None,
+                grpc: None,
+                grpc_status: None,
+                forwarded_client: None,
+                ended_at: None,
+            });
+            let host = request_host(&parts);
+            if let Some(tracer) = &ctx.state.tracer {
+                let trace_ctx = tracer.context(&parts.headers);
+                let head = trace_ctx.is_sampled().then(|| TraceHead {
+                    path: parts.uri.path().to_owned(),
+                    host: match &host {
+                        Ok(Some(h)) => h.to_str().ok().map(str::to_owned),
+                        _ => None,
+                    },
+                    version: parts.version,
+                });
+                done.trace = Some(Box::new(RequestTrace {
+                    ctx: trace_ctx,
+                    start: SystemTime::now(),
+                    head,
+                }));
+            }
+            if ctx.state.access_log.is_some() {
+                // Filled before any check, so that rejected requests are logged too.
+                let host_text = match &host {
+                    Ok(Some(h)) => h.to_str().unwrap_or(""),
+                    _ => parts
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or(""),
+                };
+                done.log = Some(Box::new(LogFields {
+                    time: SystemTime::now(),
+                    request_id: request_id.to_str().unwrap_or("").to_owned(),
+                    host: host_text.to_owned(),
+                    path: parts.uri.path().to_owned(),
+                    protocol: protocol_name(parts.version),
+                    bytes_in: None,
+                    upstream: None,
+                }));
+            }
+            if let Some(trusted) = &ctx.trusted {
+                // Only a trusted peer's X-Forwarded-For names the client.
+                let chain = parts
+                    .headers
+                    .get_all(&forward::X_FORWARDED_FOR)
+                    .iter()
+                    .map(HeaderValue::as_bytes);
+                done.forwarded_client = trusted.client(chain).map(|ip| {
+                    let text = conn::ip_value(ip);
+                    // Boxed: rare, and the request state is moved a few times.
+                    Box::new((ip, text))
+                });
+            }
+            if let Some((reason, e)) = head_too_large(&ctx.limits, &parts) {
+                tracing::debug!(client = %ctx.client, reason, detail = %e.detail, "request refused");
+                ctx.state.metrics.rejected(reason);
+                done.grpc = grpc::kind(&parts.headers);
+                break 'req local_error(e, &request_id, done);
+            }
+            let host = match host.and_then(|h| strict::check(&parts, mask).map(|()| h)) {
+                Ok(h) => h,
+                Err(e) => {
+                    ctx.state.metrics.rejected(e.code);
+                    done.grpc = grpc::kind(&parts.headers);
+                    break 'req reject_head(e, &parts, &request_id, done);
+                }
+            };
+            if parts.method == Method::CONNECT {
+                done.grpc = grpc::kind(&parts.headers);
+                let e = ProxyError::not_implemented("CONNECT is not proxied");
+                break 'req reject_head(e, &parts, &request_id, done);
+            }
+
+            // Match route.
+            let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+            let client_cert = ctx.tls.as_ref().and_then(|t| t.client_cert.as_ref());
+            let Some(route) = snapshot.routes.route(
+                &parts.method,
+                host_str,
+                parts.uri.path(),
+                parts.uri.query(),
+                &parts.headers,
+                client_cert,
+            ) else {
+                let forbidden = snapshot.routes.forbids_client_cert(
+                    &parts.method,
+                    host_str,
+                    parts.uri.path(),
+                    parts.uri.query(),
+                    &parts.headers,
+                    client_cert,
+                );
+                let e = if forbidden {
+                    ProxyError::client_cert_forbidden(parts.method.as_str(), parts.uri.path())
+                } else {
+                    ProxyError::route_not_found(
+                        parts.method.as_str(),
+                        host_str.unwrap_or(""),
+                        parts.uri.path(),
+                    )
+                };
+                // A gRPC client is told UNIMPLEMENTED, in its own terms.
+                done.grpc = grpc::kind(&parts.headers);
+                break 'req local_error(e, &request_id, done);
+            };
+            done.route = Some(route.order);
+            // CORS: a preflight is answered here; an allowed origin's response is
+            // marked readable at the end, whatever produced it.
+            let cors = match &route.cors {
+                Some(cors) => {
+                    let origin = cors.allowed_origin(&parts.headers);
+                    if Cors::is_preflight(&parts.method, &parts.headers) {
+                        break 'req preflight(cors, origin, route, &parts, &request_id, done);
+                    }
+                    origin.map(|o| (cors, o))
+                }
+                None => None,
+            };
+            if let RouteAction::Direct(reply) = &route.action {
+                let mut resp = respond::direct(reply);
+                route.response_headers.apply(resp.headers_mut());
+                if let Some((cors, origin)) = cors {
+                    cors.apply(origin, resp.headers_mut());
+                }
+                break 'req finish(resp, &request_id, done);
+            }
+            // Pick upstream: the route's one, or a side of its split.
+            let upstream_index = match &route.action {
+                RouteAction::Forward { upstream_index, .. } => Some(*upstream_index),
+                RouteAction::Split(split) => {
+                    done.side = split.pick(&parts.headers, fastrand::u64(..));
+                    split.sides().get(done.side).map(|s| s.upstream_index)
+                }
+                RouteAction::Direct(_) => None,
+            };
+            let set = upstream_index.and_then(|i| snapshot.upstreams.get(i));
+            let policies = snapshot.route_policies.get(route.order);
+            let (Some(set), Some(policies)) = (set, policies) else {
+                let e = ProxyError::no_healthy_upstream(&route.name);
+                done.grpc = grpc::kind(&parts.headers);
+                break 'req local_error(e, &request_id, done);
+            };
+            let body_limit = route
+                .max_request_body
+                .unwrap_or(ctx.limits.max_request_body);
+            if mask & forward::CONTENT_LENGTH_PRESENT != 0
+                && content_length(&parts).is_some_and(|n| n > body_limit)
+            {
+                tracing::debug!(client = %ctx.client, route = %route.name, limit = body_limit, "request body too large (Content-Length)");
+                ctx.state.metrics.rejected("body_too_large");
+                done.grpc = grpc::kind(&parts.headers);
+                break 'req local_error(ProxyError::body_too_large(body_limit), &request_id, done);
+            }
+            let body_idle = ctx.limits.body_idle_timeout;
+            let mut resp = tries::run(
+                set, route, policies, &mut parts, mask, body, body_limit, body_idle, host,
+                request_id, done,
+            )
+            .await;
+            if let Some((cors, origin)) = cors {
+                cors.apply(origin, resp.headers_mut());
+            }
+            resp
+        };
         // hyper closes an HTTP/1.x connection after a response that says so.
         // After a body timeout the rest of the body may still come: the
         // connection cannot carry another request.
@@ -78,210 +273,6 @@ pub fn handle(
         if (last || timed_out) && version <= Version::HTTP_11 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Ok(resp)
-    }
-}
-
-// Not an `async fn`: see `tries::run`.
-#[allow(clippy::manual_async_fn)]
-fn handle_request(
-    ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + 'static {
-    async move {
-        let start = Instant::now();
-        let snapshot = ctx.state.snapshot.load_full();
-        let (parts, body) = req.into_parts();
-        // One walk over the header names serves the strictness checks, the
-        // lookups that only a present header needs, and forwarding later.
-        let mask = forward::scan(&parts.headers);
-        let request_id = request_id(&parts, mask);
-        // Ended by the Completion's drop, however the response ends.
-        ctx.request_started();
-        // Boxed: it travels with the request through every stage and into
-        // the response body; moving a pointer is cheaper than its 300-odd bytes.
-        let mut done = Box::new(Completion {
-            ctx: ctx.clone(),
-            snapshot: snapshot.clone(),
-            route: None,
-            side: 0,
-            method: parts.method.clone(),
-            status: http::StatusCode::OK,
-            start,
-            upstream: None,
-            error: None,
-            attempts: 0,
-            failed_target: None,
-            log: None,
-            trace: None,
-            websocket: WebSocketStage::None,
-            grpc: None,
-            grpc_status: None,
-            forwarded_client: None,
-            ended_at: None,
-        });
-        let host = request_host(&parts);
-        if let Some(tracer) = &ctx.state.tracer {
-            let trace_ctx = tracer.context(&parts.headers);
-            let head = trace_ctx.is_sampled().then(|| TraceHead {
-                path: parts.uri.path().to_owned(),
-                host: match &host {
-                    Ok(Some(h)) => h.to_str().ok().map(str::to_owned),
-                    _ => None,
-                },
-                version: parts.version,
-            });
-            done.trace = Some(Box::new(RequestTrace {
-                ctx: trace_ctx,
-                start: SystemTime::now(),
-                head,
-            }));
-        }
-        if ctx.state.access_log.is_some() {
-            // Filled before any check, so that rejected requests are logged too.
-            let host_text = match &host {
-                Ok(Some(h)) => h.to_str().unwrap_or(""),
-                _ => parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or(""),
-            };
-            done.log = Some(Box::new(LogFields {
-                time: SystemTime::now(),
-                request_id: request_id.to_str().unwrap_or("").to_owned(),
-                host: host_text.to_owned(),
-                path: parts.uri.path().to_owned(),
-                protocol: protocol_name(parts.version),
-                bytes_in: None,
-                upstream: None,
-            }));
-        }
-        if let Some(trusted) = &ctx.trusted {
-            // Only a trusted peer's X-Forwarded-For names the client.
-            let chain = parts
-                .headers
-                .get_all(&forward::X_FORWARDED_FOR)
-                .iter()
-                .map(HeaderValue::as_bytes);
-            done.forwarded_client = trusted.client(chain).map(|ip| {
-                let text = conn::ip_value(ip);
-                // Boxed: rare, and the request state is moved a few times.
-                Box::new((ip, text))
-            });
-        }
-        if let Some((reason, e)) = head_too_large(&ctx.limits, &parts) {
-            tracing::debug!(client = %ctx.client, reason, detail = %e.detail, "request refused");
-            ctx.state.metrics.rejected(reason);
-            done.grpc = grpc::kind(&parts.headers);
-            return Ok(local_error(e, &request_id, done));
-        }
-        let host = match host.and_then(|h| strict::check(&parts, mask).map(|()| h)) {
-            Ok(h) => h,
-            Err(e) => {
-                ctx.state.metrics.rejected(e.code);
-                done.grpc = grpc::kind(&parts.headers);
-                return Ok(reject_head(e, &parts, &request_id, done));
-            }
-        };
-        if parts.method == Method::CONNECT {
-            done.grpc = grpc::kind(&parts.headers);
-            let e = ProxyError::not_implemented("CONNECT is not proxied");
-            return Ok(reject_head(e, &parts, &request_id, done));
-        }
-
-        // Match route.
-        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-        let client_cert = ctx.tls.as_ref().and_then(|t| t.client_cert.as_ref());
-        let Some(route) = snapshot.routes.route(
-            &parts.method,
-            host_str,
-            parts.uri.path(),
-            parts.uri.query(),
-            &parts.headers,
-            client_cert,
-        ) else {
-            let forbidden = snapshot.routes.forbids_client_cert(
-                &parts.method,
-                host_str,
-                parts.uri.path(),
-                parts.uri.query(),
-                &parts.headers,
-                client_cert,
-            );
-            let e = if forbidden {
-                ProxyError::client_cert_forbidden(parts.method.as_str(), parts.uri.path())
-            } else {
-                ProxyError::route_not_found(
-                    parts.method.as_str(),
-                    host_str.unwrap_or(""),
-                    parts.uri.path(),
-                )
-            };
-            // A gRPC client is told UNIMPLEMENTED, in its own terms.
-            done.grpc = grpc::kind(&parts.headers);
-            return Ok(local_error(e, &request_id, done));
-        };
-        done.route = Some(route.order);
-        // CORS: a preflight is answered here; an allowed origin's response is
-        // marked readable at the end, whatever produced it.
-        let cors = match &route.cors {
-            Some(cors) => {
-                let origin = cors.allowed_origin(&parts.headers);
-                if Cors::is_preflight(&parts.method, &parts.headers) {
-                    return Ok(preflight(cors, origin, route, &parts, &request_id, done));
-                }
-                origin.map(|o| (cors, o))
-            }
-            None => None,
-        };
-        if let RouteAction::Direct(reply) = &route.action {
-            let mut resp = respond::direct(reply);
-            route.response_headers.apply(resp.headers_mut());
-            if let Some((cors, origin)) = cors {
-                cors.apply(origin, resp.headers_mut());
-            }
-            return Ok(finish(resp, &request_id, done));
-        }
-        // Pick upstream: the route's one, or a side of its split.
-        let upstream_index = match &route.action {
-            RouteAction::Forward { upstream_index, .. } => Some(*upstream_index),
-            RouteAction::Split(split) => {
-                done.side = split.pick(&parts.headers, fastrand::u64(..));
-                split.sides().get(done.side).map(|s| s.upstream_index)
-            }
-            RouteAction::Direct(_) => None,
-        };
-        let set = upstream_index.and_then(|i| snapshot.upstreams.get(i));
-        let policies = snapshot.route_policies.get(route.order);
-        let (Some(set), Some(policies)) = (set, policies) else {
-            let e = ProxyError::no_healthy_upstream(&route.name);
-            done.grpc = grpc::kind(&parts.headers);
-            return Ok(local_error(e, &request_id, done));
-        };
-        let body_limit = route
-            .max_request_body
-            .unwrap_or(ctx.limits.max_request_body);
-        if mask & forward::CONTENT_LENGTH_PRESENT != 0
-            && content_length(&parts).is_some_and(|n| n > body_limit)
-        {
-            tracing::debug!(client = %ctx.client, route = %route.name, limit = body_limit, "request body too large (Content-Length)");
-            ctx.state.metrics.rejected("body_too_large");
-            done.grpc = grpc::kind(&parts.headers);
-            return Ok(local_error(
-                ProxyError::body_too_large(body_limit),
-                &request_id,
-                done,
-            ));
-        }
-        let body_idle = ctx.limits.body_idle_timeout;
-        let mut resp = tries::run(
-            set, route, policies, parts, mask, body, body_limit, body_idle, host, request_id, done,
-        )
-        .await;
-        if let Some((cors, origin)) = cors {
-            cors.apply(origin, resp.headers_mut());
         }
         Ok(resp)
     }

@@ -7,7 +7,6 @@
 //! unsized body is streamed and the request is tried once. Each try reports
 //! its outcome to outlier detection; each holds a circuit-breaker slot.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -49,7 +48,7 @@ pub(super) fn run<'a>(
     set: &'a UpstreamSet,
     route: &'a CompiledRoute,
     policies: &'a RoutePolicies,
-    mut parts: Parts,
+    parts: &'a mut Parts,
     mask: u16,
     body: Incoming,
     body_limit: u64,
@@ -71,7 +70,7 @@ pub(super) fn run<'a>(
         // it goes to the upstream as it came.
         let web = done.grpc.filter(|k| k.is_web() && route.grpc_web);
         let mut upgrade: Option<OnUpgrade> = None;
-        if mask & forward::UPGRADE_PRESENT != 0 && websocket::is_upgrade(&parts) {
+        if mask & forward::UPGRADE_PRESENT != 0 && websocket::is_upgrade(parts) {
             done.websocket = WebSocketStage::Requested;
             if !policies.websocket.allowed {
                 let e = ProxyError::websocket_not_allowed(&route.name);
@@ -111,7 +110,7 @@ pub(super) fn run<'a>(
         let admitted = if policies.fault.is_none() && policies.rate_limit.is_none() {
             Ok(None)
         } else {
-            admit(policies, &parts, client, &mut total, policy_now).await
+            admit(policies, parts, client, &mut total, policy_now).await
         };
         let rate = match admitted {
             Ok(rate) => rate,
@@ -125,7 +124,7 @@ pub(super) fn run<'a>(
         };
 
         // Pick the first target.
-        let key = set.hash_on.as_ref().and_then(|h| hash_of(h, &parts, &done));
+        let key = set.hash_on.as_ref().and_then(|h| hash_of(h, parts, &done));
         let Some((mut index, target)) = set.pick(key, 0, done.start) else {
             return local_error(
                 ProxyError::no_healthy_upstream(&set.name),
@@ -135,7 +134,7 @@ pub(super) fn run<'a>(
         };
         let mut target = target.clone();
         if let Err(e) = forward::prepare_request(
-            &mut parts,
+            parts,
             mask,
             websocket,
             route,
@@ -175,7 +174,7 @@ pub(super) fn run<'a>(
         let mut body = Some(body);
         let mut kept: Option<Bytes> = None;
         if let Some(limit) = keep {
-            match read_small_body(&mut body, &parts, limit, &mut total).await {
+            match read_small_body(&mut body, parts, limit, &mut total).await {
                 Ok(bytes) => kept = bytes,
                 Err(e) => return local_error(e, &request_id, done),
             }
@@ -199,7 +198,7 @@ pub(super) fn run<'a>(
             match &kept {
                 Some(b) if b.len() <= m.max_body => {
                     let shadow = done.snapshot.upstreams.get(m.upstream_index).cloned();
-                    mirror::send(m, shadow, &parts, b.clone(), &policies.metrics);
+                    mirror::send(m, shadow, parts, b.clone(), &policies.metrics);
                 }
                 _ => {
                     policies.metrics.mirror_dropped.inc();
@@ -226,9 +225,9 @@ pub(super) fn run<'a>(
             // lent before that (a target that needs its own copy clones it);
             // a copy when this try's deadline is written into it.
             let mut req_parts = if last {
-                Cow::Owned(std::mem::replace(&mut parts, empty_parts()))
+                forward::Head::Last(&mut *parts)
             } else {
-                Cow::Borrowed(&parts)
+                forward::Head::Lent(&*parts)
             };
             if incoming.is_some() {
                 if let Some(t) = &total {
@@ -548,8 +547,4 @@ async fn read_small_body(
             "the request body could not be read: {e}"
         ))),
     }
-}
-
-fn empty_parts() -> Parts {
-    Request::new(()).into_parts().0
 }
