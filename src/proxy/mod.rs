@@ -65,8 +65,11 @@ pub fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + 'static {
+    // Split here rather than inside: the future then stores the head once,
+    // where hyper puts it, and the pipeline works on it in place.
+    let (mut parts, body) = req.into_parts();
     async move {
-        let version = req.version();
+        let version = parts.version;
         let last = ctx.count_request(version == Version::HTTP_2);
         if last && version == Version::HTTP_2 {
             // The connection ends with GOAWAY; the streams it has started,
@@ -76,7 +79,6 @@ pub fn handle(
         let mut resp = 'req: {
             let start = Instant::now();
             let snapshot = ctx.state.snapshot.load_full();
-            let (mut parts, body) = req.into_parts();
             // One walk over the header names serves the strictness checks, the
             // lookups that only a present header needs, and forwarding later.
             let mask = forward::scan(&parts.headers);
