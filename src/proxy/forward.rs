@@ -609,3 +609,43 @@ pub(crate) fn scheme(protocol: UpstreamProtocol) -> &'static str {
         _ => "http",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head() -> Parts {
+        let mut parts = Request::new(()).into_parts().0;
+        parts.uri = Uri::from_static("/orders");
+        parts.headers.insert("x-a", HeaderValue::from_static("1"));
+        parts
+    }
+
+    #[test]
+    fn a_lent_head_is_copied_before_a_try_changes_it() {
+        let parts = head();
+        let mut lent = Head::Lent(&parts);
+        lent.to_mut()
+            .headers
+            .insert("x-request-timeout", HeaderValue::from_static("250"));
+        assert!(matches!(lent, Head::Copy(_)));
+        assert_eq!(lent.get().headers.len(), 2);
+        assert_eq!(lent.into_owned().uri, "/orders");
+        // The original, which a later try sends again, is untouched.
+        assert_eq!(parts.headers.len(), 1);
+        assert!(!parts.headers.contains_key("x-request-timeout"));
+    }
+
+    #[test]
+    fn the_last_try_changes_and_takes_the_head_itself() {
+        let mut parts = head();
+        let mut last = Head::Last(&mut parts);
+        last.to_mut()
+            .headers
+            .insert("x-request-timeout", HeaderValue::from_static("250"));
+        let owned = last.into_owned();
+        assert_eq!(owned.uri, "/orders");
+        assert_eq!(owned.headers.len(), 2);
+        assert!(parts.headers.is_empty());
+    }
+}
