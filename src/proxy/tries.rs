@@ -107,19 +107,23 @@ pub(super) fn run<'a>(
             Some((_, text)) => Client::Forwarded(text),
             None => Client::Peer(&done.ctx),
         };
-        let admitted = if policies.fault.is_none() && policies.rate_limit.is_none() {
-            Ok(None)
-        } else {
-            admit(policies, parts, client, &mut total, policy_now).await
-        };
-        let rate = match admitted {
-            Ok(rate) => rate,
-            Err(refusal) => {
-                let mut resp = local_error(refusal.error, &request_id, done);
-                if let Some(rate) = refusal.rate {
-                    rate.apply(resp.headers_mut());
+        // A block, so that `admitted` ends with it rather than keeping room
+        // in this future for the rest of the request.
+        let rate = {
+            let admitted = if policies.fault.is_none() && policies.rate_limit.is_none() {
+                Ok(None)
+            } else {
+                admit(policies, parts, client, &mut total, policy_now).await
+            };
+            match admitted {
+                Ok(rate) => rate,
+                Err(refusal) => {
+                    let mut resp = local_error(refusal.error, &request_id, done);
+                    if let Some(rate) = refusal.rate {
+                        rate.apply(resp.headers_mut());
+                    }
+                    return resp;
                 }
-                return resp;
             }
         };
 
@@ -219,239 +223,247 @@ pub(super) fn run<'a>(
         let mut tried = 0u64;
         let mut attempt = 1u32;
         loop {
-            done.attempts = attempt;
-            let last = attempt >= attempts;
-            // The head for this try: the original, taken on the last try and
-            // lent before that (a target that needs its own copy clones it);
-            // a copy when this try's deadline is written into it.
-            let mut req_parts = if last {
-                forward::Head::Last(&mut *parts)
-            } else {
-                forward::Head::Lent(&*parts)
-            };
-            if incoming.is_some() {
-                if let Some(t) = &total {
-                    let remaining = t
-                        .at()
-                        .saturating_duration_since(tokio::time::Instant::now());
-                    // Less than a millisecond would go out as `0`, which some
-                    // services read as "no deadline": fail here instead.
-                    if remaining < std::time::Duration::from_millis(1) {
-                        return local_error(
-                            ProxyError::timeout(
-                                "the caller's deadline passed before the request was sent",
-                            ),
-                            &request_id,
-                            done,
-                        );
-                    }
-                    deadline::propagate(&mut req_parts.to_mut().headers, remaining);
-                }
-            }
-            let out_body = match (&kept, body.take()) {
-                (Some(b), _) if b.is_empty() => OutboundBody::empty(),
-                (Some(b), _) => OutboundBody::Full(Some(b.clone())),
-                (None, Some(stream)) if web == Some(GrpcKind::WebText) => {
-                    OutboundBody::base64(stream, counter.clone())
-                }
-                (None, Some(stream)) => {
-                    OutboundBody::stream(stream, counter.clone(), body_limit, body_idle)
-                }
-                (None, None) => OutboundBody::empty(),
-            };
-
-            let permit = match &set.breaker {
-                Some(b) => match b.try_request() {
-                    Ok(p) => Some(p),
-                    Err(o) => {
-                        set.overflow(o);
-                        return local_error(
-                            ProxyError::circuit_open(&set.name, o.as_str()),
-                            &request_id,
-                            done,
-                        );
-                    }
-                },
-                None => None,
-            };
-            target.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut per_try = policies.per_try.map(|p| {
-                let mut at = tokio::time::Instant::now() + p;
-                if let Some(t) = &total {
-                    at = at.min(t.at());
-                }
-                Deadline::new(at, None)
-            });
-            let sent = Instant::now();
-            let result = {
-                let deadline = if per_try.is_some() {
-                    &mut per_try
+            // One try. A block, so that its locals (the exchange's result
+            // above all) end before the backoff's await: otherwise this
+            // future would keep room for them, and the result would be
+            // written into that cold room on every request.
+            {
+                done.attempts = attempt;
+                let last = attempt >= attempts;
+                // The head for this try: the original, taken on the last try and
+                // lent before that (a target that needs its own copy clones it);
+                // a copy when this try's deadline is written into it.
+                let mut req_parts = if last {
+                    forward::Head::Last(&mut *parts)
                 } else {
-                    &mut total
+                    forward::Head::Lent(&*parts)
                 };
-                forward::send(
-                    Some(&done.ctx),
-                    set,
-                    &target,
-                    req_parts,
-                    out_body,
-                    route.connect_timeout,
-                    deadline,
-                )
-                .await
-            };
-            let elapsed = sent.elapsed();
-            let now = sent + elapsed;
-
-            // What happened, for outlier detection and the retry decision.
-            let outcome = match &result {
-                Ok(exchange) => {
-                    let status = exchange.response.status().as_u16();
-                    set.observe(
-                        index,
-                        if status >= 500 {
-                            Observation::Status5xx
-                        } else {
-                            Observation::Success
-                        },
-                        now,
-                    );
-                    Outcome::Status(status)
+                if incoming.is_some() {
+                    if let Some(t) = &total {
+                        let remaining = t
+                            .at()
+                            .saturating_duration_since(tokio::time::Instant::now());
+                        // Less than a millisecond would go out as `0`, which some
+                        // services read as "no deadline": fail here instead.
+                        if remaining < std::time::Duration::from_millis(1) {
+                            return local_error(
+                                ProxyError::timeout(
+                                    "the caller's deadline passed before the request was sent",
+                                ),
+                                &request_id,
+                                done,
+                            );
+                        }
+                        deadline::propagate(&mut req_parts.to_mut().headers, remaining);
+                    }
                 }
-                Err(e) => match e.code {
-                    "upstream_connect_failed" => {
-                        set.observe(index, Observation::ConnectFailure, now);
-                        Outcome::ConnectFailure
+                let out_body = match (&kept, body.take()) {
+                    (Some(b), _) if b.is_empty() => OutboundBody::empty(),
+                    (Some(b), _) => OutboundBody::Full(Some(b.clone())),
+                    (None, Some(stream)) if web == Some(GrpcKind::WebText) => {
+                        OutboundBody::base64(stream, counter.clone())
                     }
-                    "upstream_reset" => {
-                        set.observe(index, Observation::Reset, now);
-                        Outcome::Reset
+                    (None, Some(stream)) => {
+                        OutboundBody::stream(stream, counter.clone(), body_limit, body_idle)
                     }
-                    // Only the try's own deadline can be retried; once the
-                    // request's deadline has passed there is nothing left.
-                    "upstream_timeout" if !expired(&total) => {
-                        // The target missed the try's deadline: as slow as a
-                        // 504, for outlier detection. A request deadline that
-                        // the client chose short is not held against it.
-                        set.observe(index, Observation::Status5xx, now);
-                        Outcome::Timeout
-                    }
-                    _ => {
-                        target.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        if e.code == "body_too_large" || e.code == "body_idle_timeout" {
-                            tracing::debug!(client = %done.ctx.client, route = %route.name, reason = e.code, "request body refused");
-                            done.ctx.state.metrics.rejected(e.code);
-                        }
-                        return finish_error(result, &target, elapsed, request_id, done);
-                    }
-                },
-            };
-            let again = !last
-                && retry.is_some_and(|r| r.should_retry(attempt, &outcome))
-                && match &policies.budget {
-                    Some(b) if b.try_withdraw(policies.now_at(now)) => true,
-                    Some(_) => {
-                        policies.metrics.retry_budget_exhausted.inc();
-                        false
-                    }
-                    None => true,
+                    (None, None) => OutboundBody::empty(),
                 };
-            if !again {
-                return match result {
-                    Ok(exchange) => {
-                        match done.trace.as_ref().and_then(|t| t.exemplar()) {
-                            Some((trace, span)) => set
-                                .metrics
-                                .response_duration
-                                .observe_traced(elapsed, trace, span),
-                            None => set.metrics.response_duration.observe(elapsed),
+
+                let permit = match &set.breaker {
+                    Some(b) => match b.try_request() {
+                        Ok(p) => Some(p),
+                        Err(o) => {
+                            set.overflow(o);
+                            return local_error(
+                                ProxyError::circuit_open(&set.name, o.as_str()),
+                                &request_id,
+                                done,
+                            );
                         }
-                        let mut response = exchange.response;
-                        if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                            let (rparts, rbody) = response.into_parts();
-                            let Some(rbody) = rbody.into_hyper() else {
-                                return local_error(
+                    },
+                    None => None,
+                };
+                target.in_flight.fetch_add(1, Ordering::Relaxed);
+                let mut per_try = policies.per_try.map(|p| {
+                    let mut at = tokio::time::Instant::now() + p;
+                    if let Some(t) = &total {
+                        at = at.min(t.at());
+                    }
+                    Deadline::new(at, None)
+                });
+                let sent = Instant::now();
+                let result = {
+                    let deadline = if per_try.is_some() {
+                        &mut per_try
+                    } else {
+                        &mut total
+                    };
+                    forward::send(
+                        Some(&done.ctx),
+                        set,
+                        &target,
+                        req_parts,
+                        out_body,
+                        route.connect_timeout,
+                        deadline,
+                    )
+                    .await
+                };
+                let elapsed = sent.elapsed();
+                let now = sent + elapsed;
+
+                // What happened, for outlier detection and the retry decision.
+                let outcome = match &result {
+                    Ok(exchange) => {
+                        let status = exchange.response.status().as_u16();
+                        set.observe(
+                            index,
+                            if status >= 500 {
+                                Observation::Status5xx
+                            } else {
+                                Observation::Success
+                            },
+                            now,
+                        );
+                        Outcome::Status(status)
+                    }
+                    Err(e) => match e.code {
+                        "upstream_connect_failed" => {
+                            set.observe(index, Observation::ConnectFailure, now);
+                            Outcome::ConnectFailure
+                        }
+                        "upstream_reset" => {
+                            set.observe(index, Observation::Reset, now);
+                            Outcome::Reset
+                        }
+                        // Only the try's own deadline can be retried; once the
+                        // request's deadline has passed there is nothing left.
+                        "upstream_timeout" if !expired(&total) => {
+                            // The target missed the try's deadline: as slow as a
+                            // 504, for outlier detection. A request deadline that
+                            // the client chose short is not held against it.
+                            set.observe(index, Observation::Status5xx, now);
+                            Outcome::Timeout
+                        }
+                        _ => {
+                            target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            if e.code == "body_too_large" || e.code == "body_idle_timeout" {
+                                tracing::debug!(client = %done.ctx.client, route = %route.name, reason = e.code, "request body refused");
+                                done.ctx.state.metrics.rejected(e.code);
+                            }
+                            return finish_error(result, &target, elapsed, request_id, done);
+                        }
+                    },
+                };
+                let again = !last
+                    && retry.is_some_and(|r| r.should_retry(attempt, &outcome))
+                    && match &policies.budget {
+                        Some(b) if b.try_withdraw(policies.now_at(now)) => true,
+                        Some(_) => {
+                            policies.metrics.retry_budget_exhausted.inc();
+                            false
+                        }
+                        None => true,
+                    };
+                if !again {
+                    return match result {
+                        Ok(exchange) => {
+                            match done.trace.as_ref().and_then(|t| t.exemplar()) {
+                                Some((trace, span)) => set
+                                    .metrics
+                                    .response_duration
+                                    .observe_traced(elapsed, trace, span),
+                                None => set.metrics.response_duration.observe(elapsed),
+                            }
+                            let mut response = exchange.response;
+                            if websocket && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                                let (rparts, rbody) = response.into_parts();
+                                let Some(rbody) = rbody.into_hyper() else {
+                                    return local_error(
                                     ProxyError::reset(
                                         "the upgrade was not answered on an upgradeable connection",
                                     ),
                                     &request_id,
                                     done,
                                 );
-                            };
-                            let response = Response::from_parts(rparts, rbody);
-                            // The upgraded connection belongs to the tunnel:
-                            // never cached or pooled.
+                                };
+                                let response = Response::from_parts(rparts, rbody);
+                                // The upgraded connection belongs to the tunnel:
+                                // never cached or pooled.
+                                done.upstream = Some(UpstreamUse {
+                                    target,
+                                    conn: None,
+                                    elapsed,
+                                    permit,
+                                });
+                                return match upgrade.take() {
+                                    Some(client) => websocket::open(
+                                        response,
+                                        client,
+                                        route,
+                                        &policies.websocket,
+                                        rate.as_ref(),
+                                        &request_id,
+                                        done,
+                                    ),
+                                    None => local_error(
+                                        ProxyError::reset(
+                                            "the client connection cannot be upgraded",
+                                        ),
+                                        &request_id,
+                                        done,
+                                    ),
+                                };
+                            }
+                            forward::prepare_response(&mut response, route, &request_id);
+                            if let Some(rate) = &rate {
+                                rate.apply(response.headers_mut());
+                            }
+                            let mut encoder = None;
+                            if let Some(kind) = done.grpc {
+                                // A trailers-only answer: the status is in the head.
+                                done.grpc_status = grpc::status(response.headers());
+                                if kind.is_web() {
+                                    if web.is_some()
+                                        && grpc_web::response_head(response.headers_mut(), kind)
+                                    {
+                                        encoder = Some(grpc_web::WebEncoder::new(kind));
+                                    } else if done.grpc_status.is_none() {
+                                        // gRPC-Web passed through: its status is in
+                                        // the body, which weir does not parse.
+                                        done.grpc = None;
+                                    }
+                                }
+                            }
                             done.upstream = Some(UpstreamUse {
                                 target,
                                 conn: None,
                                 elapsed,
                                 permit,
                             });
-                            return match upgrade.take() {
-                                Some(client) => websocket::open(
-                                    response,
-                                    client,
-                                    route,
-                                    &policies.websocket,
-                                    rate.as_ref(),
-                                    &request_id,
-                                    done,
-                                ),
-                                None => local_error(
-                                    ProxyError::reset("the client connection cannot be upgraded"),
-                                    &request_id,
-                                    done,
-                                ),
-                            };
-                        }
-                        forward::prepare_response(&mut response, route, &request_id);
-                        if let Some(rate) = &rate {
-                            rate.apply(response.headers_mut());
-                        }
-                        let mut encoder = None;
-                        if let Some(kind) = done.grpc {
-                            // A trailers-only answer: the status is in the head.
-                            done.grpc_status = grpc::status(response.headers());
-                            if kind.is_web() {
-                                if web.is_some()
-                                    && grpc_web::response_head(response.headers_mut(), kind)
-                                {
-                                    encoder = Some(grpc_web::WebEncoder::new(kind));
-                                } else if done.grpc_status.is_none() {
-                                    // gRPC-Web passed through: its status is in
-                                    // the body, which weir does not parse.
-                                    done.grpc = None;
-                                }
+                            done.status = response.status();
+                            let (rparts, rbody) = response.into_parts();
+                            let mut body = ResponseBody::upstream(rbody, total, policies.idle);
+                            match (done.grpc, encoder) {
+                                (_, Some(encoder)) => body.grpc(Some(encoder)),
+                                (Some(GrpcKind::Grpc), None) => body.grpc(None),
+                                _ => {}
                             }
+                            body.on_complete(done);
+                            Response::from_parts(rparts, body)
                         }
-                        done.upstream = Some(UpstreamUse {
-                            target,
-                            conn: None,
-                            elapsed,
-                            permit,
-                        });
-                        done.status = response.status();
-                        let (rparts, rbody) = response.into_parts();
-                        let mut body = ResponseBody::upstream(rbody, total, policies.idle);
-                        match (done.grpc, encoder) {
-                            (_, Some(encoder)) => body.grpc(Some(encoder)),
-                            (Some(GrpcKind::Grpc), None) => body.grpc(None),
-                            _ => {}
+                        Err(_) => {
+                            target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            finish_error(result, &target, elapsed, request_id, done)
                         }
-                        body.on_complete(done);
-                        Response::from_parts(rparts, body)
-                    }
-                    Err(_) => {
-                        target.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        finish_error(result, &target, elapsed, request_id, done)
-                    }
-                };
-            }
+                    };
+                }
 
-            // Retry: release this try, wait, and pick a target not tried yet.
-            target.in_flight.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-            drop(result);
+                // Retry: release this try, wait, and pick a target not tried yet.
+                target.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+                drop(result);
+            }
             policies.metrics.retries.inc();
             tried |= 1u64.checked_shl(index as u32).unwrap_or(0);
             let backoff = retry.map_or(Default::default(), |r| r.backoff(attempt, fastrand::f64()));
