@@ -154,7 +154,12 @@ impl RateDecision {
             buf[len..len + part.len()].copy_from_slice(part);
             len += part.len();
         }
-        HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+        let value = bytes::Bytes::copy_from_slice(&buf[..len]);
+        // SAFETY: the value is the ASCII literals above and decimal digits,
+        // all of them bytes `HeaderValue` accepts (`header_is_valid` in the
+        // tests checks). Validating would walk every byte again, on every
+        // response of a rate-limited route.
+        unsafe { HeaderValue::from_maybe_shared_unchecked(value) }
     }
 
     /// The `Retry-After` seconds for a refused request: rounded up, at least

@@ -14,14 +14,17 @@ use super::policies::{Backend, RateLimiter, RoutePolicies};
 use crate::policy::rate_limit::{key_hash, RateDecision, RATELIMIT, RATELIMIT_POLICY};
 use weir_config::{OnBackendError, RateKey};
 
-/// Headers a rate-limited route adds to its responses.
+/// Headers a rate-limited route adds to its responses. It borrows the
+/// route's policy value rather than cloning it: it is kept for the whole
+/// exchange, and a clone would be one more shared count to raise and drop
+/// per request.
 #[derive(Debug)]
-pub struct RateHeaders {
-    policy: HeaderValue,
+pub struct RateHeaders<'a> {
+    policy: &'a HeaderValue,
     decision: RateDecision,
 }
 
-impl RateHeaders {
+impl RateHeaders<'_> {
     /// Adds `RateLimit-Policy`, `RateLimit` and, on a refusal, `Retry-After`.
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
@@ -37,11 +40,11 @@ impl RateHeaders {
 
 /// Why a request was not admitted.
 #[derive(Debug)]
-pub struct Refusal {
+pub struct Refusal<'a> {
     /// The error response to send.
     pub error: ProxyError,
     /// Rate-limit headers to add to it.
-    pub rate: Option<RateHeaders>,
+    pub rate: Option<RateHeaders<'a>>,
 }
 
 /// Whom a request counts against when a route limits by client address.
@@ -66,13 +69,13 @@ impl Client<'_> {
 /// Runs the admit stage. `now` is the request's start on the route's policy
 /// clock. `Ok` carries the rate-limit headers for the response when the
 /// route is rate limited.
-pub async fn admit(
-    policies: &RoutePolicies,
+pub async fn admit<'p>(
+    policies: &'p RoutePolicies,
     parts: &Parts,
     client: Client<'_>,
     deadline: &mut Option<Deadline>,
     now: Duration,
-) -> Result<Option<RateHeaders>, Refusal> {
+) -> Result<Option<RateHeaders<'p>>, Refusal<'p>> {
     if let Some(fault) = &policies.fault {
         let decision = fault.decide(&parts.headers, fastrand::f64);
         if let Some(delay) = decision.delay {
@@ -102,8 +105,41 @@ pub async fn admit(
         // The backend could not answer and the policy let the request through.
         None => return Ok(None),
     };
+    judge(limiter, policies, decision)
+}
+
+/// The admit stage without waiting, for the common route: no injected
+/// faults and an in-memory rate limit. `None` when the stage may have to
+/// wait (a fault's delay, a Redis round trip): call [`admit`] then. The
+/// answer is the same as `admit`'s; it only spares the request the
+/// asynchronous call.
+pub fn admit_now<'p>(
+    policies: &'p RoutePolicies,
+    parts: &Parts,
+    client: &Client<'_>,
+    now: Duration,
+) -> Option<Result<Option<RateHeaders<'p>>, Refusal<'p>>> {
+    if policies.fault.is_some() {
+        return None;
+    }
+    let Some(limiter) = &policies.rate_limit else {
+        return Some(Ok(None));
+    };
+    let Backend::Local(local) = &limiter.backend else {
+        return None;
+    };
+    let decision = local.admit_hashed(local_key(limiter, parts, client), now);
+    Some(judge(limiter, policies, decision))
+}
+
+/// Turns a limiter's decision into the stage's answer, counting refusals.
+fn judge<'p>(
+    limiter: &'p RateLimiter,
+    policies: &RoutePolicies,
+    decision: RateDecision,
+) -> Result<Option<RateHeaders<'p>>, Refusal<'p>> {
     let headers = RateHeaders {
-        policy: limiter.policy_header.clone(),
+        policy: &limiter.policy_header,
         decision,
     };
     if decision.allowed {
@@ -131,30 +167,12 @@ async fn decide(
     client: Client<'_>,
     now: Duration,
 ) -> Option<RateDecision> {
-    let key: Option<&[u8]> = match &limiter.key {
-        RateKey::ClientIp => Some(client.ip().as_bytes()),
-        // Requests without the header share one bucket: leaving them
-        // unlimited would make the limit trivial to bypass.
-        RateKey::Header(name) => Some(
-            parts
-                .headers
-                .get(name.as_str())
-                .map_or(&b""[..], |v| v.as_bytes()),
-        ),
-        RateKey::Route => None,
-    };
     match &limiter.backend {
-        Backend::Local(local) => {
-            let hash = match (&limiter.key, &client) {
-                (RateKey::ClientIp, Client::Peer(conn)) => Some(conn.client_key()),
-                _ => key.map(key_hash),
-            };
-            Some(local.admit_hashed(hash, now))
-        }
+        Backend::Local(local) => Some(local.admit_hashed(local_key(limiter, parts, &client), now)),
         Backend::Redis(redis) => {
             let mut full = String::with_capacity(limiter.key_prefix.len() + 40);
             full.push_str(&limiter.key_prefix);
-            if let Some(k) = key {
+            if let Some(k) = key_bytes(limiter, parts, &client) {
                 full.push_str(&String::from_utf8_lossy(k));
             }
             // Boxed: the Redis exchange is a large future, and every
@@ -184,5 +202,34 @@ async fn decide(
                 }
             }
         }
+    }
+}
+
+/// The bytes a request is counted by: None for a route-wide limit.
+fn key_bytes<'r>(
+    limiter: &RateLimiter,
+    parts: &'r Parts,
+    client: &'r Client<'_>,
+) -> Option<&'r [u8]> {
+    match &limiter.key {
+        RateKey::ClientIp => Some(client.ip().as_bytes()),
+        // Requests without the header share one bucket: leaving them
+        // unlimited would make the limit trivial to bypass.
+        RateKey::Header(name) => Some(
+            parts
+                .headers
+                .get(name.as_str())
+                .map_or(&b""[..], |v| v.as_bytes()),
+        ),
+        RateKey::Route => None,
+    }
+}
+
+/// The local limiter's bucket for a request. A connection's peer address is
+/// hashed once per connection, not per request.
+fn local_key(limiter: &RateLimiter, parts: &Parts, client: &Client<'_>) -> Option<u64> {
+    match (&limiter.key, client) {
+        (RateKey::ClientIp, Client::Peer(conn)) => Some(conn.client_key()),
+        _ => key_bytes(limiter, parts, client).map(key_hash),
     }
 }

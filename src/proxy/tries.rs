@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use weir_config::UpstreamProtocol;
 
-use super::admit::{admit, Client};
+use super::admit::{admit, admit_now, Client};
 use super::body::ResponseBody;
 use super::complete::{Completion, UpstreamUse, WebSocketStage};
 use super::deadline::{within, Deadline};
@@ -110,10 +110,9 @@ pub(super) fn run<'a>(
         // A block, so that `admitted` ends with it rather than keeping room
         // in this future for the rest of the request.
         let rate = {
-            let admitted = if policies.fault.is_none() && policies.rate_limit.is_none() {
-                Ok(None)
-            } else {
-                admit(policies, parts, client, &mut total, policy_now).await
+            let admitted = match admit_now(policies, parts, &client, policy_now) {
+                Some(answer) => answer,
+                None => admit(policies, parts, client, &mut total, policy_now).await,
             };
             match admitted {
                 Ok(rate) => rate,

@@ -241,3 +241,34 @@ fn headers_follow_the_ratelimit_draft() {
     assert_eq!(whole.header(), "\"default\";r=7;t=0");
     assert_eq!(whole.retry_after_secs(), 2);
 }
+
+// `header` skips `HeaderValue`'s validation; the widest values it can write
+// must pass it, and fit its buffer.
+#[test]
+fn header_is_valid() {
+    for (remaining, reset) in [
+        (0, Duration::ZERO),
+        (u64::MAX, Duration::MAX),
+        (1_234_567_890, Duration::from_nanos(1)),
+    ] {
+        let decision = RateDecision {
+            allowed: true,
+            remaining,
+            reset,
+            retry_after: Duration::ZERO,
+        };
+        let value = decision.header();
+        let checked = HeaderValue::from_bytes(value.as_bytes()).expect("a valid header value");
+        assert_eq!(checked, value);
+    }
+    let max = RateDecision {
+        allowed: true,
+        remaining: u64::MAX,
+        reset: Duration::MAX,
+        retry_after: Duration::ZERO,
+    };
+    assert_eq!(
+        max.header(),
+        format!("\"default\";r={0};t={0}", u64::MAX).as_str()
+    );
+}
