@@ -199,6 +199,50 @@ async fn remaining_counts_down_on_every_admitted_response() {
     assert_eq!(seen, [4, 3, 2, 1, 0]);
 }
 
+// A route with fault injection admits through the stage's waiting path
+// (a delay may come first); its rate limit must count and answer the same.
+#[tokio::test]
+async fn a_route_with_fault_injection_keeps_its_rate_limit() {
+    let up = Upstream::echo().await;
+    let route = "  - name: api
+    match: { path_prefix: /api }
+    upstream: up
+    fault: { delay: { duration: 20ms, percent: 100 } }
+    rate_limit: { requests: 2, per: 1m, key: \"header:X-Api-Key\" }
+"
+    .to_string();
+    let gw = TestGateway::with(&config("", &[route]), &[("up", &up.addr())]).await;
+
+    for expected in [1, 0] {
+        let resp = get_as(gw.addr(), "/api/x", Some("k1")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(
+            resp.header("ratelimit-policy"),
+            Some("\"default\";q=2;w=60")
+        );
+        assert_eq!(rate_state(&resp).0, expected);
+    }
+    assert_rate_limited(&get_as(gw.addr(), "/api/x", Some("k1")).await);
+    // Another key has its own bucket.
+    let other = get_as(gw.addr(), "/api/x", Some("k2")).await;
+    assert_eq!(other.status, 200, "{}", other.text());
+    assert_eq!(rate_state(&other).0, 1);
+    assert_eq!(
+        up.requests().len(),
+        3,
+        "the refused request never reached the upstream"
+    );
+    assert_eq!(
+        counter(
+            &gw,
+            "weir_faults_injected_total",
+            &[("route", "api"), ("kind", "delay")]
+        )
+        .await,
+        4.0
+    );
+}
+
 #[tokio::test]
 async fn header_keys_have_independent_buckets_and_a_missing_header_shares_one() {
     let up = Upstream::echo().await;
