@@ -1,5 +1,6 @@
 //! HTTP/2 over cleartext (prior knowledge), client side and upstream side.
 
+mod parsing_support;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -179,4 +180,79 @@ upstreams:
     assert_eq!(up.request_count(), 0);
     // The listener still serves HTTP/1.1.
     assert_eq!(get(gw.addr(), "/x").await.status, 200);
+}
+
+/// `x-request-id` is unique per request: weir sends it as a never-indexed
+/// literal, so it neither fills the client's HPACK table nor evicts the
+/// entries later responses reuse. Read from the raw header blocks of three
+/// responses on one connection, one of them carrying the client's own id.
+#[tokio::test]
+async fn request_ids_go_out_as_never_indexed_literals() {
+    use parsing_support::*;
+    use tokio::io::AsyncWriteExt;
+
+    let up = Upstream::echo().await;
+    let gw = TestGateway::start(&fill(&config("http1"), &[("up", &up.addr())])).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let mut out = h2_start();
+    for (id, client_id) in [(1u32, None), (3, Some("client-id-1")), (5, None)] {
+        let mut fields: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":path", b"/ids"),
+            (b":authority", b"a"),
+        ];
+        if let Some(v) = client_id {
+            fields.push((b"x-request-id", v.as_bytes()));
+        }
+        let flags = frame::END_HEADERS | frame::END_STREAM;
+        out.extend(h2_frame(frame::HEADERS, flags, id, &hpack_block(&fields)));
+    }
+    wr.write_all(&out).await.expect("write requests");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut reader = FrameReader::new();
+    let mut blocks = Vec::new();
+    while blocks.len() < 3 {
+        let Some(f) = reader.next(&mut rd, deadline).await else {
+            panic!("connection ended after {} responses", blocks.len());
+        };
+        match f.kind {
+            frame::SETTINGS if f.flags & frame::ACK == 0 => {
+                let ack = h2_frame(frame::SETTINGS, frame::ACK, 0, &[]);
+                wr.write_all(&ack).await.expect("settings ack");
+            }
+            frame::HEADERS if f.stream != 0 => {
+                assert_ne!(f.flags & frame::END_HEADERS, 0, "one frame per head");
+                blocks.push((f.stream, f.payload));
+            }
+            _ => {}
+        }
+    }
+    for (stream, block) in &blocks {
+        assert_eq!(h2_status(block), Some(200), "stream {stream}");
+        let fields = hpack_fields(block).expect("a well-formed header block");
+        let never: Vec<&HpackField> = fields
+            .iter()
+            .filter(|f| f.kind == HpackKind::NeverIndexed)
+            .collect();
+        assert_eq!(never.len(), 1, "stream {stream}: {fields:?}");
+        // A literal name: "x-request-id" is in no static table, and a
+        // never-indexed field never enters the dynamic one. Huffman-coded,
+        // its 12 characters take 69 bits.
+        let (huffman, name) = never[0].name.clone().expect("a literal name");
+        assert!(huffman);
+        assert_eq!(name.len(), 9, "stream {stream}");
+    }
+    let ids: Vec<String> = up
+        .requests()
+        .iter()
+        .filter_map(|r| r.headers.get("x-request-id"))
+        .map(|v| v.to_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().any(|id| id == "client-id-1"), "{ids:?}");
 }

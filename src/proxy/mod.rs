@@ -396,6 +396,14 @@ fn finish(
 }
 
 /// The client's `x-request-id` when it is usable, else a new random one.
+///
+/// Either is marked sensitive. An id is unique per request, so it is never
+/// worth a place in an HTTP/2 connection's HPACK table: it goes out as a
+/// never-indexed literal (its name too, about 9 bytes more per message)
+/// instead of being inserted and evicting entries that later messages would
+/// reuse, an insert and eviction that cost about 6 % of the instructions of
+/// a proxied h2c request (callgrind). Values that do repeat, like
+/// `RateLimit` while a key is far from its limit, stay indexable.
 fn request_id(parts: &Parts, mask: u16) -> HeaderValue {
     if mask & forward::REQUEST_ID_PRESENT != 0 {
         if let Some(v) = parts.headers.get(&X_REQUEST_ID) {
@@ -418,13 +426,6 @@ fn request_id(parts: &Parts, mask: u16) -> HeaderValue {
     // allocate to make it shared. Hex digits are always a valid value.
     let mut id = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .unwrap_or(HeaderValue::from_static("0"));
-    // Unique per request, so never worth a place in an HTTP/2 connection's
-    // HPACK table: marked sensitive, it goes out as a never-indexed literal
-    // (its name too, about 9 bytes more per message) instead of being
-    // inserted and evicting entries that later messages would reuse. That
-    // insert and eviction cost about 6 % of the instructions of a proxied
-    // h2c request (callgrind). Values that do repeat, like `RateLimit`
-    // while a key is far from its limit, stay indexable.
     id.set_sensitive(true);
     id
 }

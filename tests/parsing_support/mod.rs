@@ -379,3 +379,88 @@ fn huffman_digits(bytes: &[u8]) -> Option<String> {
     }
     Some(out)
 }
+
+/// How an HPACK field representation asks the decoder to treat its table
+/// (RFC 7541 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HpackKind {
+    /// An entry of the static or dynamic table.
+    Indexed,
+    /// A literal the decoder adds to its dynamic table.
+    Incremental,
+    /// A literal not added to the table.
+    WithoutIndexing,
+    /// A literal never to be added to any table, here or further on.
+    NeverIndexed,
+}
+
+/// One field representation of a header block, read structurally: table
+/// indexes and the raw (possibly Huffman-coded) bytes of literal strings.
+#[derive(Debug)]
+pub struct HpackField {
+    pub kind: HpackKind,
+    /// The table index of the field (`Indexed`) or of its name; 0 when the
+    /// name is a literal.
+    pub index: usize,
+    /// The literal name, when there is one: (Huffman-coded, bytes).
+    pub name: Option<(bool, Vec<u8>)>,
+}
+
+fn read_hpack_int(block: &[u8], at: &mut usize, prefix: u8) -> Option<usize> {
+    let max = (1usize << prefix) - 1;
+    let mut n = usize::from(*block.get(*at)?) & max;
+    *at += 1;
+    if n < max {
+        return Some(n);
+    }
+    let mut shift = 0;
+    loop {
+        let b = *block.get(*at)?;
+        *at += 1;
+        n += usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+        shift += 7;
+    }
+}
+
+fn read_hpack_string(block: &[u8], at: &mut usize) -> Option<(bool, Vec<u8>)> {
+    let huffman = *block.get(*at)? & 0x80 != 0;
+    let len = read_hpack_int(block, at, 7)?;
+    let bytes = block.get(*at..*at + len)?.to_vec();
+    *at += len;
+    Some((huffman, bytes))
+}
+
+/// The field representations of a header block, or None when it is not
+/// well formed. Dynamic table size updates are skipped.
+pub fn hpack_fields(block: &[u8]) -> Option<Vec<HpackField>> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < block.len() {
+        let first = block[at];
+        let (kind, prefix) = if first & 0x80 != 0 {
+            (HpackKind::Indexed, 7)
+        } else if first & 0x40 != 0 {
+            (HpackKind::Incremental, 6)
+        } else if first & 0x20 != 0 {
+            read_hpack_int(block, &mut at, 5)?;
+            continue;
+        } else if first & 0x10 != 0 {
+            (HpackKind::NeverIndexed, 4)
+        } else {
+            (HpackKind::WithoutIndexing, 4)
+        };
+        let index = read_hpack_int(block, &mut at, prefix)?;
+        let mut name = None;
+        if kind != HpackKind::Indexed {
+            if index == 0 {
+                name = Some(read_hpack_string(block, &mut at)?);
+            }
+            read_hpack_string(block, &mut at)?;
+        }
+        out.push(HpackField { kind, index, name });
+    }
+    Some(out)
+}
